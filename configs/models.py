@@ -1,0 +1,145 @@
+"""The config models shared by the CLI, the train job and the Serve app (one model per config).
+
+Every model forbids unknown keys, so a typo in YAML or in a deployment's `user_config` is an
+error that names the key instead of a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_SITE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SynthConfig(_Strict):
+    """What `adcp data synth` generates."""
+
+    images: int = Field(3000, ge=6, le=1_000_000, description="Number of images to generate.")
+    size: int = Field(64, ge=64, le=256, description="Image side in pixels (square images).")
+    seed: int = Field(0, ge=0, description="Seed; the same seed gives byte-identical images.")
+    shard_rows: int = Field(1000, ge=1, description="Rows per Parquet shard.")
+    site: str = Field("fab-a", description="Site recorded in each image's metadata.")
+
+
+class TrainConfig(_Strict):
+    """Options of `python -m train_jobs.train`; the CLI builds the job's arguments from this."""
+
+    dataset: str = Field(..., description="fsspec URL of a dataset written by `adcp data synth`.")
+    output: str = Field(..., description="fsspec URL where the exported model is written.")
+    storage_path: str | None = Field(
+        None,
+        description="fsspec URL for Ray Train checkpoints; default: `<output>-checkpoints`. "
+        "Re-running with the same storage path resumes from the latest checkpoint.",
+    )
+    image_size: int = Field(64, ge=32, le=512, description="Model input side in pixels.")
+    classes: list[str] | None = Field(
+        None, description="Class list; default: the classes in the dataset manifest."
+    )
+    epochs: int = Field(12, ge=1, le=1000)
+    batch_size: int = Field(64, ge=1, le=4096, description="Batch size per worker.")
+    lr: float = Field(4e-3, gt=0, le=1.0, description="Peak learning rate (one-cycle schedule).")
+    weight_decay: float = Field(5e-4, ge=0, le=1.0)
+    augment: float = Field(
+        1.0, ge=0.0, le=1.0, description="Augmentation strength: 0 none, 1 full."
+    )
+    width: int = Field(24, ge=4, le=256, description="Channels of the first CNN stage.")
+    num_workers: int = Field(2, ge=1, le=256, description="Ray Train workers.")
+    cpus_per_worker: float = Field(1.0, gt=0)
+    use_gpu: bool = Field(False, description="One GPU per worker (GPU sites).")
+    target_precision: float = Field(
+        0.995,
+        gt=0.5,
+        lt=1.0,
+        description="Per-class confidence thresholds are calibrated on the validation split so "
+        "that auto-decided images of that class reach this precision.",
+    )
+    model_name: str | None = Field(None, description="Exported model name; default: adc-<dataset>.")
+    model_version: str | None = Field(None, description="Exported model version; default: UTC time.")
+    seed: int = Field(0, ge=0)
+    site: str = Field("local", description="Site that runs the job (recorded in lineage).")
+    code_version: str | None = Field(None, description="Code version recorded in lineage.")
+
+    @property
+    def checkpoint_path(self) -> str:
+        return self.storage_path or self.output.rstrip("/") + "-checkpoints"
+
+
+class ServeUserConfig(_Strict):
+    """The Serve deployment's `user_config`: changing it reconfigures replicas in place."""
+
+    model_uri: str | None = Field(
+        None, description="fsspec URL of an exported model directory (model + metadata.json)."
+    )
+    max_batch_size: int = Field(64, ge=1, le=1024, description="`@serve.batch` maximum batch.")
+    batch_wait_timeout_s: float = Field(
+        0.002, ge=0, le=1.0, description="How long a partial batch waits for more requests."
+    )
+    max_image_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="Largest encoded image accepted, in bytes."
+    )
+    max_images_per_request: int = Field(512, ge=1, le=10_000)
+    min_side: int = Field(16, ge=1, description="Smallest image side accepted, in pixels.")
+    max_side: int = Field(4096, ge=16, description="Largest image side accepted, in pixels.")
+
+    @model_validator(mode="after")
+    def _sides(self) -> "ServeUserConfig":
+        if self.max_side < self.min_side:
+            raise ValueError(
+                "max_side must be greater than or equal to min_side. "
+                f"Found: min_side={self.min_side}, max_side={self.max_side}"
+            )
+        return self
+
+
+class ServeConfig(_Strict):
+    """How the ADC Serve app is deployed at a site."""
+
+    app_name: str = Field("adc")
+    route_prefix: str = Field("/")
+    num_replicas: int = Field(1, ge=1, le=1000)
+    replica_cpus: float = Field(1.0, ge=0)
+    replica_gpus: float = Field(0.0, ge=0)
+    max_ongoing_requests: int = Field(256, ge=1)
+    user_config: ServeUserConfig = Field(default_factory=ServeUserConfig)
+
+    @field_validator("route_prefix")
+    @classmethod
+    def _route(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError(f'Got "{v}" for route_prefix. Route prefix must start with "/".')
+        return v
+
+
+class LocalSiteConfig(_Strict):
+    """A site run as a local Ray head on this machine (the embedded default)."""
+
+    name: str = Field("fab-a", description="Site name: DNS label, lower case, <= 40 characters.")
+    num_cpus: int = Field(
+        4,
+        ge=1,
+        le=1024,
+        description="Logical CPUs Ray may schedule. 4 even on 2 cores: Ray Data plus two Train "
+        "workers deadlock at 2.",
+    )
+    num_gpus: int = Field(0, ge=0, le=64)
+    resources: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources.")
+    object_store_mb: int = Field(
+        768, ge=100, description="Object store cap in MiB (Ray's default is 30% of RAM per head)."
+    )
+    store: str | None = Field(None, description="fsspec URL of the site store; default under home.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _SITE_NAME.match(v):
+            raise ValueError(
+                f'Got "{v}" for site name. A site name is a DNS label: lower-case letters, digits '
+                "and '-', starting and ending with a letter or digit, at most 40 characters."
+            )
+        return v
