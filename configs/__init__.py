@@ -13,7 +13,7 @@ from configs.errors import (
     UnsupportedMediaError,
 )
 from configs.loader import load_defaults
-from configs.models import LocalSiteConfig, ServeConfig, SynthConfig, TrainConfig
+from configs.models import LocalSiteConfig, ServeConfig, ServeUserConfig, SynthConfig, TrainConfig
 
 __all__ = [
     "AdcpError",
@@ -26,6 +26,7 @@ __all__ = [
     "NotFoundError",
     "PayloadTooLargeError",
     "ServeConfig",
+    "ServeUserConfig",
     "SiteError",
     "SynthConfig",
     "TrainConfig",

@@ -101,7 +101,7 @@ def _panel(rng: np.random.Generator, size: int) -> _Panel:
     base = rng.uniform(0.35, 0.65)
     bm_contrast = rng.uniform(0.10, 0.25)
     img = _grid(xx, yy, pitch, phase, base, bm_contrast)
-    gx, gy = rng.uniform(-0.015, 0.015, 2)  # uneven illumination, well below mura contrast
+    gx, gy = rng.uniform(-0.01, 0.01, 2)  # uneven illumination, well below mura contrast
     img = img * (1 + gx * (2 * xx / size - 1) + gy * (2 * yy / size - 1))
     return _Panel(img, pitch, phase, base, yy, xx, scale)
 
@@ -157,7 +157,7 @@ def _mura(rng, p: _Panel, size: int):
     u = (p.xx - cx) * np.cos(theta) + (p.yy - cy) * np.sin(theta)
     v = -(p.xx - cx) * np.sin(theta) + (p.yy - cy) * np.cos(theta)
     blotch = np.exp(-(((u / sx) ** 2 + (v / sy) ** 2) ** 1.5))  # flat-topped, no sharp edge
-    contrast = rng.uniform(0.03, 0.07)  # a few percent: what makes mura hard on a real line
+    contrast = rng.uniform(0.04, 0.08)  # a few percent: what makes mura hard on a real line
     sign = -1.0 if rng.random() < 0.6 else 1.0
     p.img = p.img * (1 + sign * contrast * blotch)
     return "mura", _box(cx, cy, 1.3 * max(sx, sy), 1.3 * max(sx, sy), size)
@@ -212,7 +212,7 @@ def _false_defect(rng, p: _Panel, size: int):
         disk = blur((r < radius).astype(np.float64), rng.uniform(1.0, 2.0) * p.scale)
         ring = blur((np.abs(r - radius) < 0.8 * p.scale).astype(np.float64), 0.8 * p.scale)
         rim = rng.uniform(0.0, 0.04) if rng.random() < 0.5 else 0.0
-        p.img = p.img * (1 - rng.uniform(0.06, 0.14) * disk + rim * ring)
+        p.img = p.img * (1 - rng.uniform(0.08, 0.16) * disk + rim * ring)
         return kind, _box(cx, cy, radius + 2, radius + 2, size)
     if kind == "pattern_edge":
         # The boundary of a pattern area with a shifted grid: a straight edge, not a thin line.

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,6 +125,8 @@ class ADCDeployment:
     )
     async def _batched(self, jobs: list[_Job]) -> list[np.ndarray]:
         # In a worker thread: the event loop keeps decoding the next requests meanwhile.
+        if os.environ.get("ADCP_EXP_INLINE") == "1":
+            return _forward_jobs(jobs)
         return await asyncio.to_thread(_forward_jobs, jobs)
 
 

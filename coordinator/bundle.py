@@ -1,0 +1,65 @@
+"""Code bundles: the packages a site's Ray job or Serve app runs, zipped as a Ray `working_dir`.
+
+The zip holds one top-level folder (what Ray expects of a remote `working_dir` URI) with the
+packages that run inside a site's cluster. Its name carries the sha256 of its contents, so the
+same code is written once and its URI doubles as the code version recorded in a model's lineage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import fsspec
+
+#: Packages a site runs: the train job, the Serve app, and what they import.
+SITE_PACKAGES = ("configs", "data", "train_jobs", "serve_apps")
+_FIXED_TIME = (2026, 1, 1, 0, 0, 0)  # zip entries get a fixed time so equal code gives equal bytes
+
+
+@dataclass(frozen=True)
+class CodeBundle:
+    uri: str  # where the zip is stored (file://, s3://, ...), usable as runtime_env working_dir
+    sha256: str
+
+    @property
+    def version(self) -> str:
+        return self.sha256[:12]
+
+
+def _source_root() -> Path:
+    import configs
+
+    return Path(configs.__file__).resolve().parent.parent
+
+
+def build_zip(root: Path | None = None) -> bytes:
+    """The bundle's bytes: every .py/.yaml/.json file of SITE_PACKAGES under `adcp-code/`."""
+    root = root or _source_root()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for package in SITE_PACKAGES:
+            for path in sorted((root / package).rglob("*")):
+                if path.is_file() and path.suffix in {".py", ".yaml", ".json"} and "__pycache__" not in path.parts:
+                    info = zipfile.ZipInfo(f"adcp-code/{path.relative_to(root).as_posix()}", _FIXED_TIME)
+                    info.compress_type = zipfile.ZIP_DEFLATED
+                    zf.writestr(info, path.read_bytes())
+    return buf.getvalue()
+
+
+def publish(store_url: str, root: Path | None = None) -> CodeBundle:
+    """Write the bundle to `<store>/code/adcp-<sha12>.zip` unless it is already there."""
+    blob = build_zip(root)
+    digest = hashlib.sha256(blob).hexdigest()
+    uri = f"{store_url.rstrip('/')}/code/adcp-{digest[:12]}.zip"
+    fs, path = fsspec.core.url_to_fs(uri)
+    if not fs.exists(path):
+        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        tmp = f"{path}.partial"
+        with fs.open(tmp, "wb") as f:
+            f.write(blob)
+        fs.mv(tmp, path)  # readers never see a half-written zip
+    return CodeBundle(uri, digest)

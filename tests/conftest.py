@@ -1,0 +1,15 @@
+"""Shared test settings: a fresh ADCP_HOME per test session, and no stray Ray address."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch, tmp_path_factory):
+    # Tests must never talk to a developer's own clusters or write into ~/.adcp.
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("ADCP_HOME", str(tmp_path_factory.getbasetemp() / "adcp-home"))
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
