@@ -7,6 +7,13 @@ given settings, drives each endpoint with a concurrent httpx client for `--durat
 and prints one JSON document: req/s, img/s, p50/p99 latency per endpoint, the bare-torch
 baseline (same model, same thread count as a replica, batch = max_batch_size) and ratios.
 `--url` measures an app that is already running instead (no Ray is started then).
+Per endpoint it also reports CPU milliseconds per image of the client, the Serve proxy and each
+replica (from /proc): on a shared machine that is steadier than req/s.
+
+What was measured on the 2-core dev box (width-24 ADCNet, 64 px; see the Serve report):
+forward on the replica's event loop (not a worker thread) and one replica with 1 CPU were best;
+2 replicas, RAY_SERVE_THROUGHPUT_OPTIMIZED=1 through the proxy, larger batch_wait_timeout_s and
+more client concurrency did not help; the proxy's CPU per request is the largest fixed cost.
 """
 
 from __future__ import annotations
@@ -131,6 +138,40 @@ def bare_torch(model_dir: str, threads: int, batch: int, seconds: float, pngs: l
     }
 
 
+# --- CPU accounting (Linux /proc; on a shared machine CPU per request is steadier than req/s) ---
+
+
+def serve_processes(marker: str) -> dict[str, int]:
+    """pids of this run's Serve proxy and replicas (found by `marker` in their environment)."""
+    found: dict[str, int] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{d}/environ", "rb") as f:
+                env = f.read()
+        except OSError:
+            continue
+        if marker.encode() not in env:
+            continue
+        if cmd.startswith("ray::ProxyActor"):
+            found["proxy"] = int(d)
+        elif cmd.startswith("ray::ServeReplica:adc"):
+            found[f"replica-{len([k for k in found if k.startswith('replica')])}"] = int(d)
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return float("nan")
+
+
 # --- load -------------------------------------------------------------------------------------
 
 
@@ -141,6 +182,7 @@ async def drive(
     concurrency: int,
     warmup: float,
     duration: float,
+    processes: dict[str, int] | None = None,
 ) -> dict:
     import httpx
 
@@ -171,9 +213,12 @@ async def drive(
         tasks = [asyncio.create_task(worker(client, w)) for w in range(concurrency)]
         await asyncio.sleep(warmup)
         measuring, errors[:] = True, []
+        procs = {"client": os.getpid(), **(processes or {})}
+        cpu0 = {k: cpu_seconds(p) for k, p in procs.items()}
         start = time.perf_counter()
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - start
+        cpu1 = {k: cpu_seconds(p) for k, p in procs.items()}
     n = len(latencies)
     lat = np.array(latencies) * 1000 if n else np.array([float("nan")])
     return {
@@ -186,10 +231,15 @@ async def drive(
         "img_per_s": round(n * images_per_request / elapsed, 1),
         "p50_ms": round(float(np.percentile(lat, 50)), 1),
         "p99_ms": round(float(np.percentile(lat, 99)), 1),
+        "cpu_ms_per_image": {
+            k: round((cpu1[k] - cpu0[k]) * 1000 / max(1, n * images_per_request), 2) for k in procs
+        },
     }
 
 
-async def run_load(args: argparse.Namespace, url: str, pngs: list[bytes]) -> dict:
+async def run_load(
+    args: argparse.Namespace, url: str, pngs: list[bytes], processes: dict[str, int]
+) -> dict:
     import base64
 
     results: dict[str, dict] = {}
@@ -201,7 +251,7 @@ async def run_load(args: argparse.Namespace, url: str, pngs: list[bytes]) -> dic
             return await client.post("/v1/classify", content=pngs[i % len(pngs)], headers=png)
 
         results["single"] = await drive(
-            url, single, 1, args.concurrency, args.warmup, args.duration
+            url, single, 1, args.concurrency, args.warmup, args.duration, processes
         )
     if "batch" in endpoints:
         body, ctype = multipart([pngs[i % len(pngs)] for i in range(args.batch_images)])
@@ -212,7 +262,8 @@ async def run_load(args: argparse.Namespace, url: str, pngs: list[bytes]) -> dic
             )
 
         results["batch"] = await drive(
-            url, batch, args.batch_images, args.batch_concurrency, args.warmup, args.duration
+            url, batch, args.batch_images, args.batch_concurrency, args.warmup, args.duration,
+            processes,
         )
     if "oip" in endpoints:
         data = [base64.b64encode(pngs[i % len(pngs)]).decode() for i in range(args.batch_images)]
@@ -226,7 +277,8 @@ async def run_load(args: argparse.Namespace, url: str, pngs: list[bytes]) -> dic
             )
 
         results["oip_infer"] = await drive(
-            url, oip, args.batch_images, args.batch_concurrency, args.warmup, args.duration
+            url, oip, args.batch_images, args.batch_concurrency, args.warmup, args.duration,
+            processes,
         )
     return results
 
@@ -296,7 +348,8 @@ def main(argv: list[str] | None = None) -> None:
     root = Path(tempfile.mkdtemp(prefix="adcpb-", dir="/tmp"))
     try:
         url = args.url or start_serve(args, root)
-        report["endpoints"] = asyncio.run(run_load(args, url, pngs))
+        processes = {} if args.url else serve_processes(str(root / "token"))
+        report["endpoints"] = asyncio.run(run_load(args, url, pngs, processes))
     finally:
         if not args.url:
             import ray

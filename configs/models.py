@@ -48,7 +48,14 @@ class TrainConfig(_Strict):
     augment: float = Field(
         1.0, ge=0.0, le=1.0, description="Augmentation strength: 0 none, 1 full."
     )
-    width: int = Field(24, ge=4, le=256, description="Channels of the first CNN stage.")
+    defect_weight: float = Field(
+        2.0,
+        ge=1.0,
+        le=20.0,
+        description="Loss weight of real-defect classes relative to no-defect classes: an escape "
+        "(a real defect called false) costs a factory more than a false alarm.",
+    )
+    width: int = Field(16, ge=4, le=256, description="Channels of the first CNN stage.")
     num_workers: int = Field(2, ge=1, le=256, description="Ray Train workers.")
     cpus_per_worker: float = Field(1.0, gt=0)
     use_gpu: bool = Field(False, description="One GPU per worker (GPU sites).")

@@ -130,7 +130,7 @@ def site() -> None:
 
 
 @site.command("up")
-@click.option("--name", default=None, help="Site name (default from config).")
+@click.argument("name", required=False)
 @click.option("--num-cpus", type=int, default=None, help="Logical CPUs for Ray (>= 4 for training).")
 @click.option("--num-gpus", type=int, default=None)
 @pass_ctx

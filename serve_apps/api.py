@@ -28,6 +28,12 @@ from configs.models import ServeUserConfig
 from serve_apps import oip
 from serve_apps.classifier import AdcService, check_count, check_encoded, decode_base64
 
+__all__ = [
+    "RAW_TYPES",
+    "body_limit",
+    "build_api",
+]
+
 RAW_TYPES = ("image/png", "image/jpeg", "image/bmp", "image/tiff", "application/octet-stream")
 SINGLE_FIELDS = ("file", "image")
 _SINGLE_ALLOWED = (
@@ -53,10 +59,10 @@ def body_limit(cfg: ServeUserConfig, images: int, *, base64: bool = False) -> in
     return images * (per_image + _OVERHEAD_PER_IMAGE) + _OVERHEAD
 
 
-def _too_large(size: int, limit: int) -> PayloadTooLargeError:
+def _too_large(limit: int, size: int | None = None) -> PayloadTooLargeError:
+    what = f"has {size} bytes" if size is not None else "is longer"
     return PayloadTooLargeError(
-        f"The request body has {'more than ' if size < 0 else ''}{abs(size)} bytes, more than "
-        f"the {limit} allowed.",
+        f"The request body {what}; at most {limit} bytes are allowed for this request.",
         allowed=f"a body of at most {limit} bytes",
         hint="max_image_bytes and max_images_per_request in the deployment's user_config set it.",
     )
@@ -65,7 +71,7 @@ def _too_large(size: int, limit: int) -> PayloadTooLargeError:
 def _check_length(request: Request, limit: int) -> None:
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
-        raise _too_large(int(length), limit)
+        raise _too_large(limit, int(length))
 
 
 def _capped(request: Request, limit: int) -> Request:
@@ -80,7 +86,7 @@ def _capped(request: Request, limit: int) -> Request:
         if message["type"] == "http.request":
             total += len(message.get("body", b""))
             if total > limit:
-                raise _too_large(-limit, limit)
+                raise _too_large(limit)
         return message
 
     return Request(request.scope, capped_receive)
@@ -118,7 +124,8 @@ def _json_images(body: Any, cfg: ServeUserConfig) -> tuple[list[bytes], list[str
             if ident is not None and not isinstance(ident, str):
                 raise InputError(f"images[{i}].id is a {type(ident).__name__}, not a string.")
             item = item.get("data", item.get("image"))
-        images.append(check_encoded(decode_base64(item, f"images[{i}]"), cfg, ident or f"images[{i}]"))
+        data = decode_base64(item, f"images[{i}]")
+        images.append(check_encoded(data, cfg, ident or f"images[{i}]"))
         ids.append(ident)
     return images, ids
 
@@ -149,11 +156,18 @@ def build_api(service: AdcService) -> FastAPI:
     @api.get("/healthz")
     async def healthz() -> JSONResponse:
         model = service.require_model()
-        return JSONResponse({"status": "ok", "model_version": model.model_id})
+        body: dict[str, Any] = {"status": "ok", "model_version": model.model_id}
+        if service.reconfigure_error:
+            # Still serving (200), but not the configuration that was asked for.
+            body.update(status="degraded", reconfigure_error=service.reconfigure_error)
+        return JSONResponse(body)
 
     @api.get("/v1/model")
     async def model_info() -> JSONResponse:
-        return JSONResponse(service.require_model().describe())
+        body = service.require_model().describe()
+        if service.reconfigure_error:
+            body["reconfigure_error"] = service.reconfigure_error
+        return JSONResponse(body)
 
     @api.post("/v1/classify")
     async def classify(request: Request) -> JSONResponse:
@@ -179,6 +193,8 @@ def build_api(service: AdcService) -> FastAPI:
             if not isinstance(body, dict) or "image" not in body:
                 raise InputError('The JSON body has no "image".', allowed=_SINGLE_ALLOWED)
             data, ident = decode_base64(body["image"], "image"), body.get("id")
+            if ident is not None and not isinstance(ident, str):
+                raise InputError(f'"id" is a {type(ident).__name__}, not a string.')
         else:
             raise UnsupportedMediaError(
                 f"Content-Type {media or '(none)'!r} is not accepted.",
@@ -203,7 +219,8 @@ def build_api(service: AdcService) -> FastAPI:
                 images.append(check_encoded(await f.read(), cfg, name))
                 ids.append(f.filename or None)
         elif media == "application/json":
-            images, ids = _json_images(await _read_json(request, body_limit(cfg, n, base64=True)), cfg)
+            body = await _read_json(request, body_limit(cfg, n, base64=True))
+            images, ids = _json_images(body, cfg)
         else:
             raise UnsupportedMediaError(
                 f"Content-Type {media or '(none)'!r} is not accepted for a batch.",

@@ -11,6 +11,7 @@ import hashlib
 import io
 import os
 import threading
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +32,24 @@ from configs.models import ServeUserConfig
 from data.model_format import MODEL_FILE, ModelMetadata, decide, read_metadata
 from data.preprocess import decode_image, to_model_input
 
-#: Images per answer in `top3`.
+__all__ = [
+    "AdcService",
+    "LoadedModel",
+    "Prepared",
+    "THREADS_ENV",
+    "answers",
+    "check_count",
+    "check_encoded",
+    "check_sides",
+    "decode",
+    "decode_base64",
+    "load_model",
+    "preprocess",
+    "to_channels",
+    "torch_threads",
+]
+
+#: Classes listed in each answer's `top3`.
 TOP_K = 3
 #: Environment override of the torch intra-op thread count of a replica (default: its CPUs).
 THREADS_ENV = "ADCP_SERVE_TORCH_THREADS"
@@ -97,7 +115,8 @@ def load_model(uri: str, device: str = "cpu") -> LoadedModel:
     except FileNotFoundError as e:
         raise NotFoundError(
             f"No model program at {url}.",
-            hint="Give the directory a training run exported (it holds model.pt2 and metadata.json).",
+            hint="Give the directory a training run exported "
+            "(it holds model.pt2 and metadata.json).",
         ) from e
     digest = hashlib.sha256(blob).hexdigest()
     if digest != meta.sha256:
@@ -314,6 +333,8 @@ class AdcService:
         self._runner = runner or run_in_thread
         self._chunk = chunk
         self._swap_lock = threading.Lock()
+        #: Why the last reconfigure kept the previous model (None when it applied).
+        self.reconfigure_error: dict[str, Any] | None = None
 
     # -- model and configuration ------------------------------------------------------------
 
@@ -338,21 +359,41 @@ class AdcService:
     def reconfigure(self, user_config: dict[str, Any] | ServeUserConfig | None) -> ServeUserConfig:
         """Validate, load a changed model fully, then swap it in with one assignment.
 
-        Until the new model has loaded and passed its checks the old one keeps answering; if it
-        fails to load, the old one stays and the error propagates (Serve then reports the
-        update as failed). Requests that already hold the old model finish with it.
+        Until the new model has loaded and passed its checks the old one keeps answering;
+        requests that already hold the old model finish with it. If the new configuration is
+        invalid or its model fails to load while a model is serving, the old model and
+        configuration stay, the failure is kept in `reconfigure_error` (shown by /healthz and
+        /v1/model), and nothing is raised: raising here makes Serve replace the replica, which
+        takes a working site down over a typo. With no model serving yet, the error is raised.
+        Returns the configuration in effect.
         """
-        cfg = self.validate(user_config)
         with self._swap_lock:
             current = self._model
-            if cfg.model_uri is None:
-                new = None
-            elif current is not None and current.uri == cfg.model_uri:
-                new = current
-            else:
-                new = load_model(cfg.model_uri, self.device)
+            try:
+                cfg = self.validate(user_config)
+                if cfg.model_uri is None:
+                    new = None
+                elif current is not None and current.uri == cfg.model_uri:
+                    new = current
+                else:
+                    new = load_model(cfg.model_uri, self.device)
+            except Exception as e:  # any failure (a store's own errors too) must keep serving
+                if current is None:
+                    raise
+                raw = user_config if isinstance(user_config, dict) else {}
+                if isinstance(user_config, ServeUserConfig):
+                    raw = user_config.model_dump()
+                self.reconfigure_error = {
+                    "error": type(e).__name__,
+                    "detail": str(e),
+                    "model_uri": raw.get("model_uri"),
+                    "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "serving": current.model_id,
+                }
+                return self.config
             self.config = cfg
             self._model = new
+            self.reconfigure_error = None
         return cfg
 
     # -- inference --------------------------------------------------------------------------

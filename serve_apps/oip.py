@@ -4,7 +4,8 @@ metadata and response shaping. Ray-free.
 Inputs: one tensor, either `BYTES` of shape [N] (or [N, 1]) whose elements are base64-encoded
 image files, or `UINT8` / `FP32` raw pixels of shape [N, H, W] or [N, H, W, C] (C in 1, 3, 4),
 intensities on the 0-255 scale, `data` flat in row-major order or nested.
-Outputs: `label` BYTES [N], `confidence` FP32 [N], `decision` BYTES [N], `probabilities` FP32 [N, C].
+Outputs: `label` BYTES [N], `confidence` FP32 [N], `decision` BYTES [N], and
+`probabilities` FP32 [N, C].
 """
 
 from __future__ import annotations
@@ -23,6 +24,18 @@ from serve_apps.classifier import (
     check_sides,
     decode_base64,
 )
+
+__all__ = [
+    "MODEL_NAME",
+    "OUTPUTS",
+    "PLATFORM",
+    "InferRequest",
+    "error_body",
+    "infer_response",
+    "model_metadata",
+    "parse_infer",
+    "server_metadata",
+]
 
 MODEL_NAME = "adc"
 PLATFORM = "pytorch_torchexport"

@@ -27,30 +27,46 @@ def calibrate_thresholds(
     target_precision: float,
     no_defect_classes: list[str],
 ) -> dict[str, float]:
-    """Per predicted class, the lowest confidence threshold whose auto-decided set is precise.
+    """Per predicted class, the confidence at or above which it is auto-decided.
 
-    For class c, sort validation images predicted as c by confidence (high first) and keep the
-    longest prefix whose precision stays >= `target_precision`; the threshold is the confidence of
-    its last element. For no-defect classes (a miss there is an escape, the costly error), the
-    prefix must contain no real defect at all.
+    Real-defect classes share one threshold estimated on all of their validation predictions
+    pooled: the lowest confidence at which the auto-decided set still reaches `target_precision`.
+    Pooling matters: a validation split holds ~100 images per class, and a per-class estimate would
+    let a single confident mistake push that class's threshold to the top. No-defect classes get
+    their own, stricter rule, because calling a real defect "false" is an escape, the costly miss:
+    their threshold sits above every validation real defect they claimed (and meets the precision
+    target). A class with fewer than MIN_CALIBRATION_SUPPORT predictions is always reviewed (1.0).
     """
     pred = probs.argmax(axis=1)
     conf = probs.max(axis=1)
+    no_defect = np.array([classes[int(c)] in no_defect_classes for c in pred])
     thresholds: dict[str, float] = {}
+
+    defect_idx = np.nonzero(~no_defect)[0]
+    shared = _precise_threshold(conf[defect_idx], pred[defect_idx] == labels[defect_idx], target_precision)
     for c, name in enumerate(classes):
-        sel = np.nonzero(pred == c)[0]
-        if len(sel) < MIN_CALIBRATION_SUPPORT:
+        support = int((pred == c).sum())
+        if support < MIN_CALIBRATION_SUPPORT:
             thresholds[name] = 1.0
-            continue
-        order = sel[np.argsort(-conf[sel], kind="stable")]
-        correct = labels[order] == c
-        precision = np.cumsum(correct) / np.arange(1, len(order) + 1)
-        required = 1.0 if name in no_defect_classes else target_precision
-        ok = np.nonzero(precision >= required - 1e-12)[0]
-        # The last prefix that still meets the target; ties in confidence stay together.
-        k = int(ok.max()) if len(ok) else -1
-        thresholds[name] = float(conf[order[k]]) if k >= 0 else 1.0
+        elif name not in no_defect_classes:
+            thresholds[name] = shared
+        else:
+            sel = np.nonzero(pred == c)[0]
+            real = np.array([classes[int(t)] not in no_defect_classes for t in labels[sel]])
+            escape_bound = float(np.nextafter(conf[sel][real].max(), 2.0)) if real.any() else 0.0
+            precise = _precise_threshold(conf[sel], labels[sel] == c, target_precision)
+            thresholds[name] = min(1.0, max(escape_bound, precise))
     return thresholds
+
+
+def _precise_threshold(conf: np.ndarray, correct: np.ndarray, target: float) -> float:
+    """Lowest confidence whose at-or-above set has precision >= target (1.0 if none has)."""
+    if len(conf) == 0:
+        return 1.0
+    order = np.argsort(-conf, kind="stable")
+    precision = np.cumsum(correct[order]) / np.arange(1, len(order) + 1)
+    ok = np.nonzero(precision >= target - 1e-12)[0]
+    return float(conf[order[int(ok.max())]]) if len(ok) else 1.0
 
 
 def export_model(

@@ -77,6 +77,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     classes = config["classes"]
     n_cls = len(classes)
 
+    weights = torch.tensor(
+        [1.0 if name in config["no_defect_classes"] else config["defect_weight"] for name in classes], device=device
+    )
     model = ADCNet(n_cls, in_channels=1, width=config["width"]).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
     steps_per_epoch = max(1, -(-config["train_rows"] // (world * config["batch_size"])))
@@ -109,7 +112,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         ):
             x = batch["x"].contiguous(memory_format=torch.channels_last)
             logits = model(x)
-            loss = torch.nn.functional.cross_entropy(logits, batch["y"], label_smoothing=0.02)
+            loss = torch.nn.functional.cross_entropy(logits, batch["y"], weight=weights, label_smoothing=0.02)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -244,7 +247,8 @@ def run(cfg: TrainConfig) -> ModelMetadata:
     run_name = os.path.basename(cfg.output.rstrip("/")) or "adc"
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={**cfg.model_dump(), "classes": classes, "train_rows": train_rows},
+        train_loop_config={**cfg.model_dump(), "classes": classes, "no_defect_classes": no_defect,
+                           "train_rows": train_rows},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
             resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})},

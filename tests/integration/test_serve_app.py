@@ -24,7 +24,8 @@ from tests.serve_fixtures import b64, export_tiny_model, free_port, synth_png, w
 
 pytestmark = pytest.mark.integration
 
-START_TIMEOUT_S = 240  # two shared cores: Ray + dashboard + a replica take 30 s idle, more when busy
+# Two shared cores: Ray + dashboard + a replica take ~30 s idle, much more when others are busy.
+START_TIMEOUT_S = 240
 V1, V2 = "adc-test@1", "adc-test@2"
 
 
@@ -56,7 +57,9 @@ def cluster() -> Iterator[Cluster]:
     saved = {k: os.environ.get(k) for k in _AUTH_ENV}
     serve_port, dash_port = free_port(), free_port()
     try:
-        _set_auth_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(root / "token"), RAY_ADDRESS=None)
+        _set_auth_env(
+            RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(root / "token"), RAY_ADDRESS=None
+        )
         ray.init(
             address="local",  # never attach to a colleague's cluster
             num_cpus=4,
@@ -166,7 +169,12 @@ def test_open_inference_protocol(deployed: Cluster):
     req = {
         "id": "r-42",
         "inputs": [
-            {"name": "image", "datatype": "BYTES", "shape": [2], "data": [b64(synth_png(i)) for i in range(2)]}
+            {
+                "name": "image",
+                "datatype": "BYTES",
+                "shape": [2],
+                "data": [b64(synth_png(i)) for i in range(2)],
+            }
         ],
     }
     r = httpx.post(f"{url}/v2/models/adc/infer", json=req, timeout=60)
@@ -188,7 +196,10 @@ def test_bad_input_is_4xx_json(deployed: Cluster):
         (httpx.post(f"{url}/v1/classify", content=b"not an image", headers=png, timeout=30), 400),
         (
             httpx.post(
-                f"{url}/v1/classify", content=b"x", headers={"content-type": "text/plain"}, timeout=30
+                f"{url}/v1/classify",
+                content=b"x",
+                headers={"content-type": "text/plain"},
+                timeout=30,
             ),
             415,
         ),
@@ -217,11 +228,13 @@ def test_bad_input_is_4xx_json(deployed: Cluster):
 def test_serve_proxy_does_not_check_the_ray_token(deployed: Cluster):
     """With RAY_AUTH_MODE=token the dashboard wants the token; Serve's HTTP proxy does not."""
     assert post_png(deployed.serve_url).status_code == 200
-    r = httpx.get(f"{deployed.serve_url}/healthz", headers={"Authorization": "Bearer wrong"}, timeout=30)
+    wrong = {"Authorization": "Bearer wrong"}
+    r = httpx.get(f"{deployed.serve_url}/healthz", headers=wrong, timeout=30)
     assert r.status_code == 200
     r = httpx.get(f"{deployed.dashboard_url}/api/serve/applications/", timeout=30)
     assert r.status_code == 401
-    r = httpx.get(f"{deployed.dashboard_url}/api/serve/applications/", headers=deployed.auth, timeout=30)
+    apps = f"{deployed.dashboard_url}/api/serve/applications/"
+    r = httpx.get(apps, headers=deployed.auth, timeout=30)
     assert r.status_code == 200
 
 
@@ -311,47 +324,81 @@ def _replica_actors() -> set[str]:
     return {n for n in names if "REPLICA" in n and "ADCDeployment" in n}
 
 
-def test_swap_by_rest_config_reconfigures_in_place(cluster: Cluster):
-    """The production path: PUT the config with a new model_uri; the same replica swaps."""
+def _put_config(cluster: Cluster, uri: str) -> None:
+    """Deploy through the dashboard's REST API, as the coordinator does in production."""
+    port = int(cluster.serve_url.rsplit(":", 1)[1])
+    config = {
+        "http_options": {"host": "127.0.0.1", "port": port},
+        "applications": [
+            {
+                "name": "adc",
+                "route_prefix": "/",
+                "import_path": "serve_apps.adc:app",
+                "deployments": [{"name": "ADCDeployment", "user_config": _user_config(uri)}],
+            }
+        ],
+    }
+    r = httpx.put(
+        f"{cluster.dashboard_url}/api/serve/applications/",
+        json=config,
+        headers=cluster.auth,
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+
+
+def _app_state(cluster: Cluster) -> tuple[str, str | None]:
     from ray import serve
 
-    serve.delete("adc")
-    port = int(cluster.serve_url.rsplit(":", 1)[1])
+    app = serve.status().applications.get("adc")
+    model = httpx.get(f"{cluster.serve_url}/v1/model", timeout=10).json().get("model_version")
+    return (app.status if app else "MISSING"), model
 
-    def put(uri: str) -> None:
-        config = {
-            "http_options": {"host": "127.0.0.1", "port": port},
-            "applications": [
-                {
-                    "name": "adc",
-                    "route_prefix": "/",
-                    "import_path": "serve_apps.adc:app",
-                    "deployments": [{"name": "ADCDeployment", "user_config": _user_config(uri)}],
-                }
-            ],
-        }
-        r = httpx.put(
-            f"{cluster.dashboard_url}/api/serve/applications/",
-            json=config,
-            headers=cluster.auth,
-            timeout=60,
-        )
-        assert r.status_code == 200, r.text
 
-    def status() -> tuple[str, str | None]:
-        app = serve.status().applications.get("adc")
-        return (app.status if app else "MISSING"), (
-            httpx.get(f"{cluster.serve_url}/v1/model", timeout=10).json().get("model_version")
-        )
+@pytest.fixture(scope="module")
+def rest_app(cluster: Cluster) -> Cluster:
+    from ray import serve
 
-    put(cluster.models["v1"])
-    wait_for(lambda: status() == ("RUNNING", V1), START_TIMEOUT_S, "the REST-deployed app")
+    serve.delete("adc")  # the app `serve.run` deployed
+    _put_config(cluster, cluster.models["v1"])
+    wait_for(lambda: _app_state(cluster) == ("RUNNING", V1), START_TIMEOUT_S, "the REST app")
+    return cluster
+
+
+def test_swap_by_rest_config_reconfigures_in_place(rest_app: Cluster):
+    """The production path: PUT the config with a new model_uri; the same replica swaps."""
     before = _replica_actors()
     assert len(before) == 1
 
     def swap() -> None:
-        put(cluster.models["v2"])
-        wait_for(lambda: status() == ("RUNNING", V2), START_TIMEOUT_S, "the swap to v2")
+        _put_config(rest_app, rest_app.models["v2"])
+        wait_for(lambda: _app_state(rest_app) == ("RUNNING", V2), START_TIMEOUT_S, "the swap")
 
-    _swap_under_load(cluster.serve_url, swap, V1, V2)
+    _swap_under_load(rest_app.serve_url, swap, V1, V2)
     assert _replica_actors() == before, "the replica was restarted instead of reconfigured"
+
+
+def test_bad_model_uri_keeps_serving(rest_app: Cluster, tmp_path: Path):
+    """A model_uri that does not load must not take the site down: the old model answers on,
+    and /healthz says what went wrong."""
+    serving = _app_state(rest_app)[1]
+    before = _replica_actors()
+
+    def health() -> dict:
+        return httpx.get(f"{rest_app.serve_url}/healthz", timeout=10).json()
+
+    with Load(rest_app.serve_url, threads=2) as load:
+        wait_for(lambda: len(load.versions) >= 10, 120, "answers before the bad config")
+        _put_config(rest_app, str(tmp_path / "no-such-model"))
+        body = wait_for(
+            lambda: (h := health()).get("status") == "degraded" and h, 120, "degraded health"
+        )
+        n = len(load.versions)
+        wait_for(lambda: len(load.versions) >= n + 20, 120, "answers after the bad config")
+    assert load.failures == [], load.failures[:5]
+    assert set(load.versions) == {serving}
+    assert body["model_version"] == serving
+    assert body["reconfigure_error"]["error"] == "NotFoundError"
+    assert "no-such-model" in body["reconfigure_error"]["detail"]
+    assert _replica_actors() == before
+    assert _app_state(rest_app) == ("RUNNING", serving)

@@ -219,7 +219,8 @@ def test_too_many_images(client, service):
 def test_image_side_out_of_range(client, service, side):
     service.reconfigure({**service.config.model_dump(), "min_side": 16, "max_side": 64})
     data = encode(np.full((side, side), 128, np.uint8))
-    body = assert_error(client.post("/v1/classify", content=data, headers=PNG), 400, f"{side}x{side}")
+    r = client.post("/v1/classify", content=data, headers=PNG)
+    body = assert_error(r, 400, f"{side}x{side}")
     assert body["allowed"] == "width and height from 16 to 64 pixels"
 
 
@@ -231,7 +232,9 @@ def _png_claiming(side: int) -> bytes:
     return bytes(png)
 
 
-@pytest.mark.parametrize("side, words", [(6000, ["6000x6000", "4096"]), (20000, ["too large", "4096"])])
+@pytest.mark.parametrize(
+    "side, words", [(6000, ["6000x6000", "4096"]), (20000, ["too large", "4096"])]
+)
 def test_huge_image_refused_from_its_header(client, side, words):
     """Refused from the header, before a bitmap of side x side is allocated."""
     r = client.post("/v1/classify", content=_png_claiming(side), headers=PNG)
@@ -245,7 +248,8 @@ def test_bad_multipart_and_json(client):
         "/v1/classify", content=b"--x\r\n", headers={"content-type": "multipart/form-data"}
     )
     assert r.status_code == 400 and "error" in r.json()
-    r = client.post("/v1/classify/batch", content=b"{not json", headers={"content-type": "application/json"})
+    json_type = {"content-type": "application/json"}
+    r = client.post("/v1/classify/batch", content=b"{not json", headers=json_type)
     assert_error(r, 400, "not valid JSON")
     assert_error(client.post("/v1/classify/batch", json={"imgs": []}), 400, '"images"')
     assert_error(client.post("/v1/classify/batch", json={"images": ["%%%"]}), 400, "base64")
@@ -337,12 +341,19 @@ def test_oip_infer_raw_pixels_match_png(client):
     px = np.stack([synth_pixels(i) for i in range(2)])  # (2, 64, 64) uint8
     flat = {
         "inputs": [
-            {"name": "pixels", "datatype": "UINT8", "shape": list(px.shape), "data": px.ravel().tolist()}
+            {
+                "name": "pixels",
+                "datatype": "UINT8",
+                "shape": list(px.shape),
+                "data": px.ravel().tolist(),
+            }
         ]
     }
     rgb = np.repeat(px[..., None], 3, axis=3).astype(np.float32)
     nested = {
-        "inputs": [{"name": "pixels", "datatype": "FP32", "shape": list(rgb.shape), "data": rgb.tolist()}],
+        "inputs": [
+            {"name": "pixels", "datatype": "FP32", "shape": list(rgb.shape), "data": rgb.tolist()}
+        ],
         "outputs": [{"name": "probabilities"}],
     }
     a = client.post("/v2/models/adc/infer", json=flat)
@@ -386,7 +397,8 @@ def test_oip_bad_requests(client, service):
     assert_error(client.post("/v2/models/adc/infer", json=[1]), 400, "JSON object")
     bad_out = _bytes_request(1, outputs=[{"name": "logits"}])
     assert_error(client.post("/v2/models/adc/infer", json=bad_out), 400, "logits")
-    r = client.post("/v2/models/adc/infer", content=b"x", headers={"content-type": "application/octet-stream"})
+    octet = {"content-type": "application/octet-stream"}
+    r = client.post("/v2/models/adc/infer", content=b"x", headers=octet)
     assert_error(r, 415, "binary tensor")
     r = client.post("/v2/models/nope/infer", json=_bytes_request(1))
     assert_error(r, 404, "nope")
@@ -470,13 +482,30 @@ def test_load_over_fsspec_memory(models):
         fs.rm("/adc-unit", recursive=True)
 
 
-def test_failed_reconfigure_keeps_old_model(service, tmp_path):
-    before = service.model
+def test_failed_reconfigure_keeps_serving_the_old_model(service, client, tmp_path):
+    before, config = service.model, service.config
+    cfg = service.reconfigure({"model_uri": str(tmp_path / "missing"), "max_batch_size": 4})
+    assert cfg == config and service.model is before and service.config.max_batch_size == 64
+    err = service.reconfigure_error
+    assert err["error"] == "NotFoundError" and err["model_uri"] == str(tmp_path / "missing")
+    assert err["serving"] == "adc-test@1"
+    health = client.get("/healthz")
+    assert health.status_code == 200 and health.json()["status"] == "degraded"
+    assert client.get("/v1/model").json()["reconfigure_error"]["error"] == "NotFoundError"
+    assert client.post("/v1/classify", content=synth_png(1), headers=PNG).status_code == 200
+    # An invalid config is kept out the same way, and a good one clears the error.
+    service.reconfigure({"model_uri": before.uri, "max_batch_sise": 8})
+    assert service.reconfigure_error["error"] == "ValidationError"
+    service.reconfigure({"model_uri": before.uri, "max_batch_size": 8})
+    assert service.reconfigure_error is None and service.config.max_batch_size == 8
+    assert client.get("/healthz").json() == {"status": "ok", "model_version": "adc-test@1"}
+
+
+def test_failed_first_load_raises(tmp_path):
     with pytest.raises(NotFoundError):
-        service.reconfigure({"model_uri": str(tmp_path / "missing")})
-    assert service.model is before and service.config.model_uri == before.uri
+        AdcService().reconfigure({"model_uri": str(tmp_path / "missing")})
     with pytest.raises(ValidationError):
-        service.reconfigure({"model_uri": before.uri, "max_batch_sise": 8})
+        AdcService().reconfigure({"max_batch_sise": 8})
     with pytest.raises(ModelUnavailableError):
         AdcService().require_model()
 
