@@ -115,7 +115,7 @@ def _box(cx: float, cy: float, rx: float, ry: float, size: int) -> tuple[int, in
 def _particle(rng, p: _Panel, size: int):
     m = 6 * p.scale
     cx, cy = rng.uniform(m, size - m, 2)
-    r = rng.uniform(1.0, 2.2) * p.scale
+    r = rng.uniform(1.2, 2.4) * p.scale
     blob = np.zeros_like(p.img)
     for _ in range(rng.integers(1, 4)):  # irregular outline: a few overlapping lobes
         ox, oy = rng.normal(0, r * 0.5, 2)
@@ -151,7 +151,7 @@ def _scratch(rng, p: _Panel, size: int):
 
 
 def _mura(rng, p: _Panel, size: int):
-    sx, sy = rng.uniform(7, 16, 2) * p.scale
+    sx, sy = rng.uniform(6, 13, 2) * p.scale
     theta = rng.uniform(0, np.pi)
     cx, cy = rng.uniform(0.2 * size, 0.8 * size, 2)
     u = (p.xx - cx) * np.cos(theta) + (p.yy - cy) * np.sin(theta)
@@ -207,7 +207,7 @@ def _false_defect(rng, p: _Panel, size: int):
     cx, cy = rng.uniform(m, size - m, 2)
     if kind == "dust_out_of_focus":
         # Dust on the cover glass: a soft disk (sometimes with a bright rim), far out of focus.
-        radius = rng.uniform(2.5, 5.0) * p.scale
+        radius = rng.uniform(2.0, 4.0) * p.scale
         r = np.hypot(p.xx - cx, p.yy - cy)
         disk = blur((r < radius).astype(np.float64), rng.uniform(1.0, 2.0) * p.scale)
         ring = blur((np.abs(r - radius) < 0.8 * p.scale).astype(np.float64), 0.8 * p.scale)
@@ -220,7 +220,7 @@ def _false_defect(rng, p: _Panel, size: int):
         at = rng.uniform(0.25, 0.75) * size
         coord = p.xx if axis == 0 else p.yy
         shifted = _grid(p.xx, p.yy, p.pitch, (p.phase[0] + p.pitch / 2, p.phase[1] + p.pitch / 2),
-                        p.base * rng.uniform(0.94, 1.06), rng.uniform(0.10, 0.25))
+                        p.base * rng.uniform(0.97, 1.03), rng.uniform(0.10, 0.25))
         side = coord > at if rng.random() < 0.5 else coord < at
         p.img = np.where(side, shifted, p.img)
         if axis == 0:
