@@ -121,7 +121,7 @@ def deploy_model(
                                   env=_SITE_ENV)
     serving.deploy(site.dashboard_url, site.headers(), config)
     seconds = serving.wait_serving(site.dashboard_url, site.headers(), site.serve_url, cfg.app_name,
-                                   meta.model_id, timeout_s=timeout_s)
+                                   meta.model_id, model_uri=model_uri, timeout_s=timeout_s)
     return meta, seconds
 
 

@@ -69,9 +69,13 @@ def wait_serving(
     app_name: str,
     model_id: str,
     *,
+    model_uri: str | None = None,
     timeout_s: float = 180,
 ) -> float:
-    """Wait until the app is RUNNING and answers with `model_id`; returns the seconds it took."""
+    """Wait until the app is RUNNING and answers with `model_id`; returns the seconds it took.
+
+    Fails early when the running app reports that it could not load `model_uri` (it then keeps
+    serving its previous model, see `reconfigure_error` in `GET /v1/model`)."""
     started = time.monotonic()
     last = "not deployed yet"
     with httpx.Client(timeout=5) as client:
@@ -84,9 +88,16 @@ def wait_serving(
                 last = f"app {state}"
                 if state == "RUNNING":
                     r = client.get(f"{serve_url}/v1/model")
-                    served = r.json().get("model_version") if r.status_code == 200 else None
+                    body = r.json() if r.status_code == 200 else {}
+                    served = body.get("model_version")
                     if served == model_id:
                         return time.monotonic() - started
+                    failed = body.get("reconfigure_error") or {}
+                    if model_uri and failed.get("model_uri") == model_uri:
+                        raise SiteError(
+                            f"Serve app {app_name} could not load {model_uri}: {failed.get('detail')}",
+                            hint=f"It keeps serving {served}.",
+                        )
                     last = f"app RUNNING, serving {served or 'no model'}"
             except httpx.HTTPError as e:
                 last = f"{type(e).__name__}: {e}"

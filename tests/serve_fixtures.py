@@ -9,10 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import socket
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 import torch
@@ -24,8 +21,8 @@ from data.schema import DEFECT_CLASSES, NO_DEFECT_CLASSES
 from data.synth import render
 from train_jobs.export import export_model
 from train_jobs.model import ADCNet
+from tests.waiting import wait_for  # noqa: F401  (re-exported for the Serve tests)
 
-T = TypeVar("T")
 
 
 def export_tiny_model(
@@ -85,20 +82,3 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(check: Callable[[], T | None], timeout_s: float, what: str, poll_s: float = 0.2) -> T:
-    """Poll `check` until it returns a truthy value; raise TimeoutError naming `what`."""
-    deadline = time.monotonic() + timeout_s
-    last_error: Exception | None = None
-    while True:
-        try:
-            value = check()
-            if value:
-                return value
-        except Exception as e:  # the condition may raise until the thing is up
-            last_error = e
-        if time.monotonic() >= deadline:
-            raise TimeoutError(
-                f"timed out after {timeout_s} s waiting for {what}"
-                + (f" (last error: {last_error!r})" if last_error else "")
-            )
-        time.sleep(poll_s)

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
 
 import httpx
 import pytest
 
 from configs.errors import SiteError
 from configs.models import LocalSiteConfig
+from tests.waiting import wait_for
 from raycluster import (
     LocalSite,
     list_sites,
@@ -30,19 +30,9 @@ from raycluster import (
 
 pytestmark = pytest.mark.integration
 
-T = TypeVar("T")
 START_TIMEOUT_S = 180  # two cores shared with other work: a start takes 15 s idle, far more busy
 
 
-def wait_for(check: Callable[[], T | None], timeout_s: float, what: str) -> T:
-    """Poll `check` until it returns a truthy value, or fail after `timeout_s` saying `what`."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
