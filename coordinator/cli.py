@@ -13,13 +13,14 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from rich.table import Table
 
 from configs.errors import AdcpError
 from configs.loader import Defaults, load_defaults
 from configs.models import SynthConfig
 from coordinator import operations
+from coordinator.ui import progress
 from coordinator.workspace import Workspace
 
 console = Console()
@@ -111,11 +112,7 @@ def data_synth(ctx: Context, name, images, size, seed, preview, as_json) -> None
 @pass_ctx
 def data_list(ctx: Context, as_json: bool) -> None:
     """Datasets in the local store."""
-    import fsspec
-
-    fs, base = fsspec.core.url_to_fs(ctx.ws.url("datasets"))
-    names = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(base, detail=False)) if fs.exists(base) else []
-    rows = [{"name": n, "versions": ctx.ws.versions("datasets", n)} for n in names]
+    rows = [{"name": n, "versions": ctx.ws.versions("datasets", n)} for n in ctx.ws.names("datasets")]
     if as_json:
         return _print_json(rows)
     for row in rows:
@@ -150,7 +147,7 @@ def site_up(ctx: Context, name, num_cpus, num_gpus) -> None:
 @click.argument("name", required=False)
 @pass_ctx
 def site_down(ctx: Context, name: str | None) -> None:
-    """Stop a local site (by process id; never `ray stop`)."""
+    """Stop a local site by its process ids (never the machine-wide Ray stop)."""
     name = name or ctx.defaults.site.name
     stopped = operations.site_down(ctx.ws, name)
     console.print(f"site {name} {'stopped' if stopped else 'was not running'}")
@@ -265,8 +262,7 @@ def demo(ctx: Context, summary_json: Path | None, keep: bool) -> None:
 
 def _progress() -> Progress:
     # On stderr, so that `--json` output on stdout stays machine-readable.
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=err_console, transient=True)
+    return progress(err_console, transient=True)
 
 
 def main(argv: list[str] | None = None) -> int:

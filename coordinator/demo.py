@@ -17,11 +17,11 @@ from typing import Any
 
 import httpx
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from configs.loader import Defaults
 from coordinator import operations, serving
+from coordinator.ui import progress
 from coordinator.workspace import Workspace
 from data.schema import split_of
 
@@ -92,10 +92,10 @@ def run_demo(defaults: Defaults, console: Console, *, home: Path | None = None,
     console.print(f"[bold]ADC Platform demo[/] — home {ws.home}, site [cyan]{site_cfg.name}[/]")
     site = None
     try:
-        with _progress(console) as progress:
-            task = progress.add_task("synthesise AOI images", total=defaults.synth.images)
+        with progress(console) as bar:
+            task = bar.add_task("synthesise AOI images", total=defaults.synth.images)
             dataset = operations.synth_dataset(ws, "aoi-demo", defaults.synth,
-                                               on_progress=lambda n: progress.advance(task, n))
+                                               on_progress=lambda n: bar.advance(task, n))
         console.print(f"dataset [cyan]{dataset.dataset_id}[/] at {dataset.url}: "
                       f"{dataset.manifest['rows']} images, classes {dataset.manifest['class_counts']}")
 
@@ -104,13 +104,13 @@ def run_demo(defaults: Defaults, console: Console, *, home: Path | None = None,
         console.print(f"site [cyan]{site.name}[/] up: Ray dashboard {site.dashboard_url}")
 
         epochs = defaults.train_config(dataset="-", output="-").epochs
-        with _progress(console) as progress:
-            task = progress.add_task("train (Ray job)", total=epochs)
+        with progress(console) as bar:
+            task = bar.add_task("train (Ray job)", total=epochs)
             outcome = operations.train(
                 ws, site, defaults, dataset.dataset_id,
-                on_submitted=lambda job_id: progress.update(task, description=f"train ({job_id})"),
-                on_epoch=lambda e, of, line: (progress.update(task, completed=e),
-                                              progress.console.print(f"  epoch {e}/{of} {line}")),
+                on_submitted=lambda job_id: bar.update(task, description=f"train ({job_id})"),
+                on_epoch=lambda e, of, line: (bar.update(task, completed=e),
+                                              bar.console.print(f"  epoch {e}/{of} {line}")),
             )
         meta = outcome.metadata
         console.print(f"model [cyan]{meta.model_id}[/] at {outcome.model_uri} "
@@ -146,11 +146,6 @@ def run_demo(defaults: Defaults, console: Console, *, home: Path | None = None,
     if own_home and not keep:
         shutil.rmtree(ws.home, ignore_errors=True)
     return figures
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=False)
 
 
 def _print_summary(console: Console, figures: dict[str, Any]) -> None:

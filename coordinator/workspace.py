@@ -52,6 +52,13 @@ class Workspace:
     def url(self, *parts: str) -> str:
         return "/".join([self.store, *parts])
 
+    def names(self, kind: str) -> list[str]:
+        """Names stored under `kind` ("datasets", "models"), complete or not."""
+        fs, base = fsspec.core.url_to_fs(self.url(kind))
+        if not fs.exists(base):
+            return []
+        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(base, detail=False))
+
     def versions(self, kind: str, name: str) -> list[str]:
         """Complete versions of `kind/name` (those whose manifest or metadata was written)."""
         fs, base = fsspec.core.url_to_fs(self.url(kind, name))

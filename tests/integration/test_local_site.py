@@ -148,7 +148,7 @@ def test_stop_leaves_no_process_and_no_temp_dir(sites, home):
 
     a = sites["fab-a"]
     client = JobSubmissionClient(address=a.dashboard_url, headers=a.headers())
-    job_id = client.submit_job(entrypoint="python -c \"import time; time.sleep(600)\"")
+    job_id = client.submit_job(entrypoint="python -c \"import signal; signal.pause()\"")
     wait_for(lambda: client.get_job_status(job_id) == JobStatus.RUNNING, 120, "a running job")
     for name, site in sites.items():
         assert site_processes(site)

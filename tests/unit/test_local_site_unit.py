@@ -31,7 +31,7 @@ def sleeper():
 
     def start(env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
-            [sys.executable, "-c", "import time; time.sleep(600)"],
+            [sys.executable, "-c", "import signal; signal.pause()"],
             start_new_session=True,
             env={**os.environ, **(env or {})},
         )
