@@ -23,6 +23,7 @@ from configs.loader import Defaults
 from coordinator import operations, serving
 from coordinator.ui import progress
 from coordinator.workspace import Workspace
+from data.model_format import decision_figures
 from data.schema import split_of
 
 #: What the issue asks of the demo on this kind of machine.
@@ -47,20 +48,10 @@ def held_out(dataset) -> tuple[list[tuple[str, bytes]], dict[str, str]]:
 
 
 def score(results: list[dict[str, Any]], truth: list[str], no_defect: set[str]) -> dict[str, float]:
-    """Accuracy, automation rate, precision of auto-decided images, and escape rate."""
-    n = len(results)
-    correct = [r["class"] == t for r, t in zip(results, truth)]
-    auto = [r["decision"] != "review" for r in results]
-    real = [t not in no_defect for t in truth]
-    escapes = sum(1 for r, is_real in zip(results, real) if is_real and r["decision"] == "false_defect")
-    auto_correct = sum(1 for c, a in zip(correct, auto) if a and c)
-    return {
-        "accuracy": sum(correct) / max(1, n),
-        "automation_rate": sum(auto) / max(1, n),
-        "auto_precision": auto_correct / max(1, sum(auto)),
-        "escape_rate": escapes / max(1, sum(real)),
-        "images_classified": n,
-    }
+    """`decision_figures` of the Serve app's answers against the true labels."""
+    figures = decision_figures([r["class"] for r in results], [r["decision"] for r in results], truth, no_defect)
+    figures["images_classified"] = figures.pop("images")
+    return figures
 
 
 def classify_over_http(serve_url: str, images: list[tuple[str, bytes]], *, chunk: int = 64, threads: int = 4):

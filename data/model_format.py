@@ -8,6 +8,7 @@ two files are all it needs.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection, Sequence
 from typing import Any, Literal
 
 import fsspec
@@ -79,6 +80,26 @@ def decide(probs: np.ndarray, meta: ModelMetadata) -> list[tuple[int, float, Dec
             decision = "defect"
         out.append((int(c), conf, decision))
     return out
+
+
+def decision_figures(
+    predicted: Sequence[str], decisions: Sequence[str], truth: Sequence[str], no_defect: Collection[str]
+) -> dict[str, float]:
+    """The figures a factory judges an ADC model by, from per-image answers and true labels:
+    accuracy, automation rate (share decided without review), precision of the auto-decided
+    images, escape rate (share of real defects auto-decided `false_defect`) and the image count."""
+    n = len(truth)
+    auto = [d != "review" for d in decisions]
+    correct = [p == t for p, t in zip(predicted, truth)]
+    real = [t not in no_defect for t in truth]
+    escapes = sum(1 for d, r in zip(decisions, real) if r and d == "false_defect")
+    return {
+        "accuracy": sum(correct) / max(1, n),
+        "automation_rate": sum(auto) / max(1, n),
+        "auto_precision": sum(c for c, a in zip(correct, auto) if a) / sum(auto) if any(auto) else 1.0,
+        "escape_rate": escapes / max(1, sum(real)),
+        "images": n,
+    }
 
 
 def read_metadata(model_uri: str) -> ModelMetadata:

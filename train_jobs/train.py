@@ -26,7 +26,7 @@ from configs.loader import validate
 from configs.models import TrainConfig
 from data.dataset import open_dataset
 from data.fs import arrow_fs
-from data.model_format import ModelMetadata, decide
+from data.model_format import ModelMetadata, decide, decision_figures
 from data.preprocess import decode_image, input_spec, to_model_input
 from data.schema import NO_DEFECT_CLASSES, split_of
 from train_jobs.export import calibrate_thresholds, export_model
@@ -192,20 +192,12 @@ def _probabilities(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
 
 
 def decision_metrics(probs: np.ndarray, y: np.ndarray, meta: ModelMetadata) -> dict[str, float]:
-    """Accuracy, automation rate, auto-decided precision and escape rate of `probs` vs labels `y`."""
+    """`decision_figures` of class probabilities `probs` against label indices `y`."""
     decided = decide(probs, meta)
-    pred = np.array([c for c, _, _ in decided])
-    auto = np.array([d != "review" for _, _, d in decided])
-    real = np.array([meta.classes[int(t)] not in meta.no_defect_classes for t in y])
-    escaped = np.array([d == "false_defect" for _, _, d in decided]) & real
-    n = max(1, len(y))
-    return {
-        "accuracy": float((pred == y).mean()) if len(y) else 0.0,
-        "automation_rate": float(auto.mean()) if len(y) else 0.0,
-        "auto_precision": float((pred[auto] == y[auto]).mean()) if auto.any() else 1.0,
-        "escape_rate": float(escaped.sum() / max(1, real.sum())),
-        "images": float(n),
-    }
+    return decision_figures(
+        [meta.classes[c] for c, _, _ in decided], [d for _, _, d in decided],
+        [meta.classes[int(t)] for t in y], meta.no_defect_classes,
+    )
 
 
 def run(cfg: TrainConfig) -> ModelMetadata:

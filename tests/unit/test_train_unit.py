@@ -87,3 +87,16 @@ def test_pipeline_decodes_labels_and_augments():
     plain = augment(train, strength=0.0)
     assert np.allclose(plain["x"], normalize(train["pixels"]))
     assert not np.allclose(batch["x"], plain["x"])
+
+
+def test_decision_figures_count_escapes_and_reviews():
+    from data.model_format import decision_figures
+
+    figures = decision_figures(
+        predicted=["mura", "false_defect", "particle", "false_defect", "scratch"],
+        decisions=["defect", "false_defect", "review", "false_defect", "defect"],
+        truth=["mura", "mura", "particle", "false_defect", "particle"],
+        no_defect={"false_defect"},
+    )
+    assert figures == {"accuracy": 0.6, "automation_rate": 0.8, "auto_precision": 0.5,
+                       "escape_rate": 0.25, "images": 5}
