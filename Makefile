@@ -6,8 +6,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.adcp-installed
 TORCH := torch==2.13.0
+# Servers and tools the tests drive for real (Debian packages): skopeo + docker-registry for
+# container images. Installed once per machine; the stamp lives in the venv so a fresh clone
+# re-checks them.
+DEBS := skopeo docker-registry
+DEB_STAMP := $(VENV)/.adcp-debs
 
-.PHONY: demo test install lint clean
+.PHONY: demo test install install-test lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +23,18 @@ $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
+$(DEB_STAMP): $(PY) Makefile
+	@missing=$$(for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing >/dev/null; \
+	fi
+	touch $(DEB_STAMP)
+
 install: $(STAMP)
+
+install-test: $(STAMP) $(DEB_STAMP)
 
 demo: install
 	$(VENV)/bin/adcp demo
@@ -26,7 +42,7 @@ demo: install
 lint: install
 	$(VENV)/bin/lint-imports
 
-test: install lint
+test: install-test lint
 	$(PY) -m pytest
 
 clean:
