@@ -611,7 +611,12 @@ def _authfile(tmp: Path, registry: str, creds: str | None) -> Path | None:
 def _run_skopeo(args: list[str], what: str, timeout_s: float, hint: str) -> None:
     try:
         proc = subprocess.run(
-            [_skopeo(), *args], capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL
+            [_skopeo(), *args],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            stdin=subprocess.DEVNULL,
         )
     except subprocess.TimeoutExpired as e:
         raise RegistryError(
