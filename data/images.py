@@ -338,9 +338,13 @@ class _Archive:
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            self.tar = tarfile.open(path, mode="r:*")
+            self.tar = tarfile.open(path, mode="r:*")  # noqa: SIM115  (closed by close())
+        except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+            raise _bad_archive(path, f"it cannot be read as a tar ({e}).") from e
+        try:
             self.members = {m.name.removeprefix("./"): m for m in self.tar.getmembers()}
         except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+            self.tar.close()
             raise _bad_archive(path, f"it cannot be read as a tar ({e}).") from e
 
     def has(self, name: str) -> bool:
@@ -390,7 +394,8 @@ def _blob_name(path: Path, digest: Any) -> str:
     return f"blobs/sha256/{digest.split(':', 1)[1]}"
 
 
-def _checked_blob(ar: _Archive, desc: Any, what: str) -> str:
+def _checked_blob(ar: _Archive, desc: Any, what: str) -> tuple[str, int]:
+    """(member name, size) of the blob a descriptor names, after checking its digest and size."""
     if not isinstance(desc, dict) or "digest" not in desc:
         raise _bad_archive(ar.path, f"the {what} descriptor has no digest.")
     name = _blob_name(ar.path, desc["digest"])
@@ -406,7 +411,7 @@ def _checked_blob(ar: _Archive, desc: Any, what: str) -> str:
             f"says {desc['size']}.",
             hint="The archive is damaged; build or save it again.",
         )
-    return name
+    return name, size
 
 
 def _diff_ids(path: Path, config: Any, layer_count: int) -> list[str]:
@@ -437,20 +442,22 @@ def _inspect_oci(ar: _Archive) -> ImageInfo:
         raise _bad_archive(
             ar.path, f"index.json points at a {media!r}; a single-platform image manifest is supported."
         )
-    name = _checked_blob(ar, entry, "manifest")
+    name, _ = _checked_blob(ar, entry, "manifest")
     _, manifest = ar.read_json(name)
     if not isinstance(manifest, dict) or not isinstance(manifest.get("layers"), list):
         raise _bad_archive(ar.path, "the image manifest has no layers list.")
-    config_name = _checked_blob(ar, manifest.get("config"), "config")
+    config_name, _ = _checked_blob(ar, manifest.get("config"), "config")
     _, config = ar.read_json(config_name)
     diff_ids = _diff_ids(ar.path, config, len(manifest["layers"]))
     layers = []
     for desc, diff_id in zip(manifest["layers"], diff_ids):
-        _checked_blob(ar, desc, "layer")
+        _, size = _checked_blob(ar, desc, "layer")
         media = desc.get("mediaType", "")
         if media not in _LAYER_TYPES:
-            raise _bad_archive(ar.path, f"a layer has media type {media!r}.")
-        layers.append(LayerInfo(desc["digest"], int(desc["size"]), media, diff_id))
+            raise _bad_archive(
+                ar.path, f"a layer has media type {media!r}; allowed: {', '.join(sorted(_LAYER_TYPES))}."
+            )
+        layers.append(LayerInfo(desc["digest"], size, media, diff_id))
     annotations = entry.get("annotations") or {}
     ref_name = annotations.get(_CONTAINERD_NAME) or annotations.get(_REF_NAME)
     return ImageInfo(
