@@ -1,0 +1,649 @@
+"""The transfer engine: copy an artifact between stores, verified, resumable and incremental.
+
+Objects the destination already holds (right key and size) are skipped; the others are streamed
+in parallel and land at their final key only once their bytes were verified at the destination:
+
+- local folder: copied to `<key>.part-<id>` (in the kernel when the source is local too), hashed
+  from the destination file, then renamed into place;
+- S3 (servers that check `x-amz-checksum-sha256`, e.g. AWS, MinIO, SeaweedFS): sent straight to
+  the final key with the expected sha256 (whole object, or per part for large ones) so that the
+  server itself refuses bytes that do not match; no read-back, no server-side copy;
+- anything else (memory://, S3 without checksum support): a temporary key, read back and hashed,
+  then moved.
+
+Transient errors are retried with exponential backoff, a hash mismatch is sent again, and the
+manifest is written last, so an interrupted copy leaves no partial artifact and the next one
+sends only what is missing.
+
+    python -m data.transfer --src URL --dst URL --ref KIND/NAME[@VERSION]
+
+prints one line `ADCP_TRANSFER {...}` (the TransferResult); this is what a pull-mode Ray job
+runs at a site, so the module imports nothing heavier than fsspec.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import errno
+import hashlib
+import json
+import os
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import suppress
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from configs.errors import AdcpError, IntegrityError, NotFoundError
+from data.artifacts import (
+    ArtifactRef,
+    ArtifactStore,
+    ObjectEntry,
+    _same_content,
+    fs_digest,
+    is_local,
+    local_digest,
+)
+
+__all__ = ["Job", "TransferError", "TransferResult", "copy_artifact", "main", "send_objects"]
+
+#: S3's smallest multipart part (except the last one).
+S3_MIN_PART = 5 << 20
+#: Longest single wait between two attempts of one object, whatever `backoff_s` and the attempt.
+MAX_BACKOFF_S = 30.0
+
+Progress = Callable[[int, int], None]
+
+
+class TransferError(AdcpError):
+    """An object could not be copied between two stores (after its retries)."""
+
+    http_status = 502
+
+
+@dataclass
+class TransferResult:
+    """What a copy did. Bytes and objects are counted once per distinct object."""
+
+    ref: str
+    source: str
+    destination: str
+    bytes_sent: int = 0
+    bytes_skipped: int = 0
+    objects_sent: int = 0
+    objects_skipped: int = 0
+    objects_verified: int = 0
+    objects_repaired: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["seconds"] = round(self.seconds, 4)
+        return d
+
+
+@dataclass(frozen=True)
+class Job:
+    """One object to put into a store: its entry and where its bytes are read from."""
+
+    entry: ObjectEntry
+    src_fs: Any
+    src_path: str
+
+
+class _Mismatch(Exception):
+    def __init__(self, sha256: str, size: int) -> None:
+        super().__init__(f"sha256 {sha256[:12]}..., {size} bytes")
+        self.sha256 = sha256
+        self.size = size
+
+
+class _Cancelled(Exception):
+    """Another object failed for good: stop this one between chunks."""
+
+
+# --- reading a source ---------------------------------------------------------------------
+
+
+class _Source:
+    """Sequential reads of one object: a plain fd for local files, ranged reads elsewhere."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.size = job.entry.size
+        self.offset = 0
+        self.fd = os.open(job.src_path, os.O_RDONLY) if is_local(job.src_fs) else None
+
+    def read(self, n: int) -> bytes:
+        if self.fd is not None:
+            return os.read(self.fd, n)
+        end = min(self.size, self.offset + n)
+        if end <= self.offset:
+            return b""
+        blob = self.job.src_fs.cat_file(self.job.src_path, start=self.offset, end=end)
+        self.offset += len(blob)
+        return blob
+
+    def read_full(self, n: int) -> bytes:
+        """Up to `n` bytes, fewer only at the end of the object."""
+        parts, got = [], 0
+        while got < n:
+            blob = self.read(n - got)
+            if not blob:
+                break
+            parts.append(blob)
+            got += len(blob)
+        return b"".join(parts)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> _Source:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+_KERNEL_COPY = hasattr(os, "copy_file_range")
+
+
+def _copy_fd(src: int, dst: int, n: int) -> int:
+    """Copy up to `n` bytes between the current offsets of two fds; 0 at end of file."""
+    global _KERNEL_COPY
+    if _KERNEL_COPY:
+        try:
+            return os.copy_file_range(src, dst, n)
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM):
+                raise
+            _KERNEL_COPY = False  # e.g. an old kernel or a filesystem without it: plain reads
+    blob = os.read(src, n)
+    view, done = memoryview(blob), 0
+    while done < len(blob):
+        done += os.write(dst, view[done:])
+    return len(blob)
+
+
+# --- writing into a store ----------------------------------------------------------------
+
+
+class _Pace:
+    """Shared between workers: an optional bandwidth cap, and the stop signal."""
+
+    def __init__(self, bytes_per_s: float | None, stop: threading.Event) -> None:
+        self.rate = bytes_per_s if bytes_per_s and bytes_per_s > 0 else None
+        self.stop = stop
+        self.lock = threading.Lock()
+        self.next = time.monotonic()
+
+    def __call__(self, n: int) -> None:
+        if self.stop.is_set():
+            raise _Cancelled
+        if self.rate is None:
+            return
+        with self.lock:
+            now = time.monotonic()
+            start = max(now, self.next)
+            self.next = start + n / self.rate
+        if start > now and self.stop.wait(start - now):
+            raise _Cancelled
+
+
+def _part_path(final: str) -> str:
+    return f"{final}.part-{uuid.uuid4().hex[:12]}"
+
+
+def _check(entry: ObjectEntry, sha256: str, size: int) -> None:
+    if sha256 != entry.sha256 or size != entry.size:
+        raise _Mismatch(sha256, size)
+
+
+def _write_local(job: Job, dst: ArtifactStore, chunk: int, sent: Callable[[int], None], pace: _Pace) -> None:
+    entry = job.entry
+    final = dst.path(entry.key)
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    tmp = _part_path(final)
+    try:
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            with _Source(job) as src:
+                while True:
+                    pace(chunk)
+                    if src.fd is not None:
+                        n = _copy_fd(src.fd, out, chunk)
+                    else:
+                        blob = src.read(chunk)
+                        n = len(blob)
+                        view, done = memoryview(blob), 0
+                        while done < n:
+                            done += os.write(out, view[done:])
+                    if n == 0:
+                        break
+                    sent(n)
+        finally:
+            os.close(out)
+        # The check reads the destination file (from the page cache), not the source bytes.
+        _check(entry, local_digest(tmp), os.stat(tmp).st_size)
+        os.replace(tmp, final)
+    finally:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _b64(hex_digest: str) -> str:
+    return base64.b64encode(bytes.fromhex(hex_digest)).decode()
+
+
+_CHECKSUM_SERVERS: dict[tuple, bool] = {}
+_CHECKSUM_LOCK = threading.Lock()
+
+
+def _s3_checks_sha256(dst: ArtifactStore) -> bool:
+    """Whether this S3 endpoint checks `x-amz-checksum-sha256` (it then echoes it on a PUT).
+
+    Asked once per endpoint and bucket with a tiny probe object; the answer is remembered for
+    the life of the process.
+    """
+    bucket, prefix, _ = dst.fs.split_path(dst.root)
+    endpoint = (dst.storage_options.get("client_kwargs") or {}).get(
+        "endpoint_url"
+    ) or dst.storage_options.get("endpoint_url")
+    cache_key = (endpoint, bucket)
+    with _CHECKSUM_LOCK:
+        if cache_key in _CHECKSUM_SERVERS:
+            return _CHECKSUM_SERVERS[cache_key]
+        blob = b"adcp checksum probe"
+        digest = _b64(hashlib.sha256(blob).hexdigest())
+        key = "/".join(p for p in (prefix, f"objects/.probe-{uuid.uuid4().hex[:12]}") if p)
+        try:
+            reply = dst.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=blob, ChecksumSHA256=digest)
+            ok = reply.get("ChecksumSHA256") == digest
+        except OSError:
+            ok = False
+        finally:
+            with suppress(Exception):
+                dst.fs.call_s3("delete_object", Bucket=bucket, Key=key)
+        _CHECKSUM_SERVERS[cache_key] = ok
+        return ok
+
+
+def _write_s3(job: Job, dst: ArtifactStore, chunk: int, sent: Callable[[int], None], pace: _Pace) -> None:
+    """Send to the final key with the sha256 the server must find; it refuses anything else."""
+    entry = job.entry
+    bucket, key, _ = dst.fs.split_path(dst.path(entry.key))
+    part = max(chunk, S3_MIN_PART)
+    with _Source(job) as src:
+        if entry.size <= part:
+            blob = src.read_full(part + 1)
+            pace(len(blob))
+            _check(entry, hashlib.sha256(blob).hexdigest(), len(blob))  # the source is intact
+            reply = dst.fs.call_s3(
+                "put_object", Bucket=bucket, Key=key, Body=blob, ChecksumSHA256=_b64(entry.sha256)
+            )
+            if reply.get("ChecksumSHA256", _b64(entry.sha256)) != _b64(entry.sha256):
+                raise _Mismatch("(refused by the server)", len(blob))
+            sent(len(blob))
+            return
+        upload = dst.fs.call_s3("create_multipart_upload", Bucket=bucket, Key=key, ChecksumAlgorithm="SHA256")
+        upload_id = upload["UploadId"]
+        try:
+            whole, parts, size = hashlib.sha256(), [], 0
+            while True:
+                blob = src.read_full(part)
+                if not blob:
+                    break
+                pace(len(blob))
+                whole.update(blob)
+                size += len(blob)
+                digest = base64.b64encode(hashlib.sha256(blob).digest()).decode()
+                reply = dst.fs.call_s3(
+                    "upload_part",
+                    Bucket=bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    PartNumber=len(parts) + 1,
+                    Body=blob,
+                    ChecksumSHA256=digest,
+                )
+                parts.append({"PartNumber": len(parts) + 1, "ETag": reply["ETag"], "ChecksumSHA256": digest})
+                sent(len(blob))
+            # Every part was checked by the server against the hash of exactly the bytes sent,
+            # and those bytes hash to the object's sha256: complete only then.
+            _check(entry, whole.hexdigest(), size)
+            dst.fs.call_s3(
+                "complete_multipart_upload",
+                Bucket=bucket,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+            )
+        except BaseException:
+            with suppress(Exception):
+                dst.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)
+            raise
+
+
+def _write_generic(
+    job: Job, dst: ArtifactStore, chunk: int, sent: Callable[[int], None], pace: _Pace
+) -> None:
+    """A temporary key, read back and hashed at the destination, then moved into place."""
+    entry = job.entry
+    final = dst.path(entry.key)
+    tmp = _part_path(final)
+    moved = False
+    try:
+        with _Source(job) as src, dst.fs.open(tmp, "wb") as out:
+            while True:
+                blob = src.read(chunk)
+                if not blob:
+                    break
+                pace(len(blob))
+                out.write(blob)
+                sent(len(blob))
+        size = dst.fs.size(tmp)
+        _check(entry, fs_digest(dst.fs, tmp, size, chunk), size)
+        dst.fs.mv(tmp, final)
+        moved = True
+    finally:
+        if not moved:
+            with suppress(Exception):
+                dst.fs.rm_file(tmp)
+
+
+def _writer(dst: ArtifactStore):
+    if dst.local:
+        return _write_local
+    if dst.protocol in ("s3", "s3a") and _s3_checks_sha256(dst):
+        return _write_s3
+    return _write_generic
+
+
+# --- the engine ---------------------------------------------------------------------------
+
+
+def _transient(e: BaseException) -> bool:
+    if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return False
+    if isinstance(e, (OSError, ConnectionError, TimeoutError)):  # s3fs maps S3 errors to OSError
+        return True
+    module = type(e).__module__.split(".")[0]
+    if module in ("botocore", "aiobotocore", "aiohttp", "urllib3", "requests", "httpx"):
+        status = (getattr(e, "response", None) or {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return status is None or status >= 500 or status in (408, 429)
+    return False
+
+
+class _Engine:
+    def __init__(
+        self,
+        dst: ArtifactStore,
+        *,
+        chunk_bytes: int,
+        check_existing: bool,
+        verify_existing: bool,
+        retries: int,
+        backoff_s: float,
+        on_progress: Progress | None,
+        max_bytes_per_s: float | None,
+        result: TransferResult,
+    ) -> None:
+        self.dst = dst
+        self.chunk = max(1 << 16, int(chunk_bytes))
+        self.check_existing = check_existing
+        self.verify_existing = verify_existing
+        self.retries = max(0, int(retries))
+        self.backoff_s = max(0.0, float(backoff_s))
+        self.on_progress = on_progress
+        self.stop = threading.Event()
+        self.pace = _Pace(max_bytes_per_s, self.stop)
+        self.result = result
+        self.lock = threading.Lock()
+        self.write = _writer(dst)
+
+    def _count(self, **deltas: int) -> None:
+        with self.lock:
+            for name, n in deltas.items():
+                setattr(self.result, name, getattr(self.result, name) + n)
+
+    def _progress(self, nbytes: int, nobjects: int) -> None:
+        if self.on_progress is not None and (nbytes or nobjects):
+            self.on_progress(nbytes, nobjects)
+
+    def run(self, job: Job) -> None:
+        entry = job.entry
+        repair = False
+        last: BaseException | None = None
+        for attempt in range(self.retries + 1):
+            if self.stop.is_set():
+                raise _Cancelled
+            reported = 0
+
+            def sent(n: int) -> None:
+                nonlocal reported
+                reported += n
+                self._progress(n, 0)
+
+            try:
+                if self.check_existing and self.dst.has_object(entry):
+                    if not self.verify_existing:
+                        self._count(bytes_skipped=entry.size, objects_skipped=1)
+                        self._progress(entry.size, 1)
+                        return
+                    if self.dst.object_digest(entry) == entry.sha256:
+                        self._count(bytes_skipped=entry.size, objects_skipped=1, objects_verified=1)
+                        self._progress(entry.size, 1)
+                        return
+                    repair = True
+                self.write(job, self.dst, self.chunk, sent, self.pace)
+                self._count(
+                    bytes_sent=entry.size, objects_sent=1, objects_verified=1, objects_repaired=int(repair)
+                )
+                self._progress(0, 1)
+                return
+            except _Cancelled:
+                raise
+            except _Mismatch as e:
+                last = e
+            except Exception as e:
+                if not _transient(e):
+                    raise self._permanent(job, e) from e
+                last = e
+            self._progress(-reported, 0)  # the failed attempt's bytes are sent again
+            if attempt < self.retries and self.stop.wait(min(MAX_BACKOFF_S, self.backoff_s * 2**attempt)):
+                raise _Cancelled
+        raise self._exhausted(job, last)
+
+    def _permanent(self, job: Job, e: Exception) -> Exception:
+        entry = job.entry
+        if isinstance(e, AdcpError):
+            return e
+        if isinstance(e, FileNotFoundError):
+            return NotFoundError(
+                f"{entry.path} (object {entry.key}) could not be copied to {self.dst.url}: {e}.",
+                hint="The source store lacks this object: verify the artifact there with a repair store.",
+            )
+        if isinstance(e, PermissionError):
+            return TransferError(
+                f"Permission denied copying {entry.path} (object {entry.key}) to {self.dst.url}: {e}.",
+                hint="Check the credentials (storage options) of both stores.",
+            )
+        return e
+
+    def _exhausted(self, job: Job, last: BaseException | None) -> AdcpError:
+        entry = job.entry
+        attempts = self.retries + 1
+        if isinstance(last, _Mismatch):
+            return IntegrityError(
+                f"{entry.path} (object {entry.key}) did not arrive intact at {self.dst.url} in {attempts} "
+                f"attempts: got {last}, expected sha256 {entry.sha256[:12]}..., {entry.size} bytes.",
+                hint="The source copy may be damaged or changed: verify it and copy again.",
+            )
+        return TransferError(
+            f"Copying {entry.path} (object {entry.key}) to {self.dst.url} failed {attempts} times: {last}.",
+            hint="Check that both stores are reachable, then copy again: objects already copied are skipped.",
+        )
+
+
+def send_objects(
+    jobs: Iterable[Job],
+    dst: ArtifactStore,
+    *,
+    workers: int = 8,
+    chunk_bytes: int = 8 << 20,
+    check_existing: bool = True,
+    verify_existing: bool = False,
+    retries: int = 4,
+    backoff_s: float = 0.2,
+    on_progress: Progress | None = None,
+    max_bytes_per_s: float | None = None,
+    result: TransferResult | None = None,
+) -> TransferResult:
+    """Put each job's object into `dst`, verified, in parallel; returns the counts (in `result`
+    when given). `check_existing=False` sends even objects that look present (a repair).
+
+    Raises the first permanent failure (an AdcpError naming the object) after stopping the rest.
+    """
+    jobs = list(jobs)
+    if result is None:
+        result = TransferResult(ref="", source="", destination=dst.url)
+    if not jobs:
+        return result
+    engine = _Engine(
+        dst,
+        chunk_bytes=chunk_bytes,
+        check_existing=check_existing,
+        verify_existing=verify_existing,
+        retries=retries,
+        backoff_s=backoff_s,
+        on_progress=on_progress,
+        max_bytes_per_s=max_bytes_per_s,
+        result=result,
+    )
+    pool = ThreadPoolExecutor(max(1, min(int(workers), len(jobs))), thread_name_prefix="adcp-transfer")
+    try:
+        futures = [pool.submit(engine.run, job) for job in jobs]
+        for future in as_completed(futures):
+            future.result()
+    except BaseException:
+        engine.stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()
+    return result
+
+
+def copy_artifact(
+    src: ArtifactStore,
+    dst: ArtifactStore,
+    ref: ArtifactRef,
+    *,
+    workers: int = 8,
+    chunk_bytes: int = 8 << 20,
+    verify_existing: bool = False,
+    retries: int = 4,
+    backoff_s: float = 0.2,
+    on_plan: Callable[[int, int], None] | None = None,
+    on_progress: Progress | None = None,
+    max_bytes_per_s: float | None = None,
+) -> TransferResult:
+    """Copy `ref` (the latest version when it names none) from `src` to `dst`.
+
+    `on_plan(total_bytes, total_objects)` is called once the manifest is read;
+    `on_progress(bytes_delta, objects_delta)` from worker threads as bytes land (negative bytes
+    when a failed attempt is rolled back), so the deltas add up to the plan. `max_bytes_per_s`
+    caps the bandwidth (None: no cap). Raises NotFoundError when `src` lacks `ref`,
+    IntegrityError when `dst` holds this version with other content or an object does not
+    arrive intact, TransferError when an object cannot be sent; no manifest is written then.
+    """
+    started = time.perf_counter()
+    manifest = src.manifest(ref)
+    ref = manifest.ref
+    existing = dst.manifest(ref) if dst.exists(ref) else None
+    if existing is not None:
+        _same_content(existing, manifest, dst.url)
+    unique = manifest.unique_objects()
+    if on_plan is not None:
+        on_plan(sum(e.size for e in unique), len(unique))
+    result = TransferResult(ref=str(ref), source=src.url, destination=dst.url)
+    send_objects(
+        [Job(e, src.fs, src.path(e.key)) for e in unique],
+        dst,
+        workers=workers,
+        chunk_bytes=chunk_bytes,
+        verify_existing=verify_existing,
+        retries=retries,
+        backoff_s=backoff_s,
+        on_progress=on_progress,
+        max_bytes_per_s=max_bytes_per_s,
+        result=result,
+    )
+    if existing is None:
+        dst.write_manifest(manifest)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+# --- command line -------------------------------------------------------------------------
+
+
+def _options(text: str | None, flag: str) -> dict:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise AdcpError(
+            f"{flag} is not JSON: {e}.", allowed='a JSON object, e.g. {"key": "...", "secret": "..."}'
+        ) from e
+    if not isinstance(value, dict):
+        raise AdcpError(f"{flag} must be a JSON object, got {type(value).__name__}.")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m data.transfer", description="Copy one artifact between stores."
+    )
+    p.add_argument("--src", required=True, help="source store URL")
+    p.add_argument("--dst", required=True, help="destination store URL")
+    p.add_argument("--ref", required=True, help="KIND/NAME or KIND/NAME@VERSION (latest when no version)")
+    p.add_argument(
+        "--verify-existing", action="store_true", help="rehash objects already there; resend bad ones"
+    )
+    p.add_argument("--src-options", help="fsspec storage options of the source (JSON object)")
+    p.add_argument("--dst-options", help="fsspec storage options of the destination (JSON object)")
+    p.add_argument("--workers", type=int, default=8, help="objects in flight (default 8)")
+    p.add_argument("--chunk-mb", type=float, default=8.0, help="read/part size in MiB (default 8)")
+    p.add_argument("--retries", type=int, default=4, help="attempts after the first, per object (default 4)")
+    p.add_argument("--max-mbps", type=float, default=None, help="bandwidth cap in MB/s (default: none)")
+    args = p.parse_args(argv)
+    try:
+        src = ArtifactStore(args.src, _options(args.src_options, "--src-options"))
+        dst = ArtifactStore(args.dst, _options(args.dst_options, "--dst-options"))
+        result = copy_artifact(
+            src,
+            dst,
+            ArtifactRef.parse(args.ref),
+            workers=args.workers,
+            chunk_bytes=int(args.chunk_mb * (1 << 20)),
+            verify_existing=args.verify_existing,
+            retries=args.retries,
+            max_bytes_per_s=args.max_mbps * 1e6 if args.max_mbps else None,
+        )
+    except AdcpError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print("ADCP_TRANSFER " + json.dumps(result.to_dict(), sort_keys=True), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
