@@ -18,11 +18,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from configs.errors import InputError, IntegrityError, NotFoundError
+from data.artifacts import ArtifactRef, ArtifactStore, Manifest
 from data.schema import ANNOTATION_SCHEMA, DEFECT_CLASSES
 
 if TYPE_CHECKING:
-    from data.artifacts import ArtifactStore, Manifest
-    from data.dataset import Dataset
+    from data.dataset import Dataset  # the dataset module pulls in the image generator
 
 __all__ = [
     "CHANGELOG_SCHEMA",
@@ -252,9 +252,10 @@ def upsert(
 # The `annotations` artifact kind
 
 
-def _read_version(store: ArtifactStore, name: str, version: str | None, files: tuple[str, ...]) -> tuple[Manifest, list[pa.Table]]:
-    from data.artifacts import ArtifactRef
-
+def _read_version(
+    store: ArtifactStore, name: str, version: str | None, files: tuple[str, ...]
+) -> tuple[Manifest, list[pa.Table]]:
+    """The manifest of `annotations/<name>@<version>` and its `files` read as tables."""
     manifest = store.manifest(ArtifactRef(KIND, name, version))
     with tempfile.TemporaryDirectory(prefix="adcp-annotations-") as tmp:
         folder = Path(store.download(ArtifactRef(KIND, name, manifest.version), Path(tmp)))

@@ -21,12 +21,10 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 from configs.errors import InputError, IntegrityError, NotFoundError, SiteError
-
-if TYPE_CHECKING:  # data.artifacts imports nothing of this module; the hint only names types
-    from data.artifacts import ArtifactStore, Manifest
+from data.artifacts import ArtifactRef, ArtifactStore, Manifest
 
 __all__ = [
     "ARCHIVE_NAME",
@@ -581,7 +579,8 @@ def _check_target(registry: str, repo: str, tag: str) -> str:
         )
     if not _TAG_RE.match(tag):
         raise InputError(
-            f'Got "{tag}" for the tag.', allowed="up to 128 letters, digits, '_', '.', '-', not starting with '.' or '-'"
+            f'Got "{tag}" for the tag.',
+            allowed="up to 128 letters, digits, '_', '.', '-', not starting with '.' or '-'",
         )
     return f"docker://{registry}/{repo}:{tag}"
 
@@ -768,8 +767,6 @@ def download_image(store: ArtifactStore, name: str, version: str | None, dest_di
     Raises NotFoundError when there is no such artifact, IntegrityError when the tar does not
     match its meta.
     """
-    from data.artifacts import ArtifactRef
-
     ref = ArtifactRef(KIND, name, version)
     manifest = store.manifest(ref)
     folder = Path(store.download(ArtifactRef(KIND, name, manifest.version), Path(dest_dir)))

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from configs.errors import InputError
+from data.artifacts import ArtifactStore
 from data.images import (
     RegistryError,
     build_oci_archive,
@@ -52,11 +53,10 @@ def _registry_digest(address: str, repo: str, tag: str) -> str:
 
 
 def test_oci_archive_through_store_and_registry(tmp_path, registry_server):  # noqa: F811
-    artifacts = pytest.importorskip("data.artifacts")
     archive = tmp_path / "operator.tar"
     built = build_oci_archive(archive, LAYERS, ref_name="adcp/operator:1", config={"Cmd": ["python", "main.py"]})
 
-    store = artifacts.ArtifactStore((tmp_path / "store").as_uri())
+    store = ArtifactStore((tmp_path / "store").as_uri())
     manifest = publish_image(store, "operator", archive)
     assert manifest.version == "1"
     assert manifest.meta["format"] == "oci-archive"
@@ -113,8 +113,7 @@ def test_bad_archive_is_refused_before_anything_is_sent(tmp_path, registry_serve
 
 
 def test_bad_archive_is_not_published(tmp_path):
-    artifacts = pytest.importorskip("data.artifacts")
-    store = artifacts.ArtifactStore((tmp_path / "store").as_uri())
+    store = ArtifactStore((tmp_path / "store").as_uri())
     junk = tmp_path / "junk.tar"
     junk.write_bytes(b"\0" * 100)
     with pytest.raises(InputError, match="image archive"):

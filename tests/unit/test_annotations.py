@@ -16,6 +16,7 @@ from data.annotations import (
     annotations_from_dataset,
     upsert,
 )
+from data.artifacts import ArtifactStore
 from data.schema import ANNOTATION_SCHEMA, DEFECT_CLASSES
 
 T0 = datetime(2025, 3, 1, 8, 0, tzinfo=timezone.utc)
@@ -85,7 +86,9 @@ def test_box_change_and_clear():
     updates = pa.Table.from_pylist(
         [{"image_id": "img-1", "label": "particle", "box": {"x": 1, "y": 2, "w": 30, "h": 40}},
          {"image_id": "img-2", "label": "scratch", "box": None}],
-        schema=pa.schema([("image_id", pa.string()), ("label", pa.string()), ("box", ANNOTATION_SCHEMA.field("box").type)]),
+        schema=pa.schema(
+            [("image_id", pa.string()), ("label", pa.string()), ("box", ANNOTATION_SCHEMA.field("box").type)]
+        ),
     )
     table, log = upsert(_base(), updates, author="kim", version="2", at=T1)
     assert _rows(table)["img-2"]["box"] is None
@@ -164,9 +167,8 @@ def test_exported_names():
 
 @pytest.fixture(params=["file", "memory"])
 def store(request, tmp_path):
-    artifacts = pytest.importorskip("data.artifacts")
     url = tmp_path.as_uri() + "/store" if request.param == "file" else f"memory://adcp-ann-{uuid.uuid4().hex}"
-    return artifacts.ArtifactStore(url)
+    return ArtifactStore(url)
 
 
 def test_publish_three_versions_and_read_back(store, tmp_path):
@@ -209,7 +211,8 @@ def test_publish_three_versions_and_read_back(store, tmp_path):
     assert ann.read_changelog(store, "aoi", "2").num_rows == log.num_rows - 1  # cumulative
 
     # No change: nothing is published.
-    same = ann.publish_annotations(store, "aoi", pa.table({"image_id": ["new-1"], "label": ["mura"]}), author="lee")
+    again = pa.table({"image_id": ["new-1"], "label": ["mura"]})
+    same = ann.publish_annotations(store, "aoi", again, author="lee")
     assert same.version == "3" and store.versions("annotations", "aoi") == ["1", "2", "3"]
 
     # A branch from an older version records it as its base.
