@@ -1,6 +1,7 @@
 """Datasets on any fsspec URL: Parquet image shards, a versioned annotations table, a manifest.
 
-Layout of a dataset at `<url>` (e.g. `file:///.../datasets/aoi-demo/1`):
+Layout of a dataset at `<url>` (e.g. `file:///.../datasets/aoi-demo/1`), or of a dataset artifact
+in an artifact store (`<store>/artifacts/dataset/<name>/<version>.json`, see `data.artifacts`):
 
     images/part-00000.parquet ...   IMAGE_SCHEMA rows (PNG bytes + capture metadata)
     annotations/v1.parquet          ANNOTATION_SCHEMA rows keyed by image_id
@@ -16,7 +17,7 @@ import hashlib
 import io
 import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable
 
@@ -26,6 +27,7 @@ import pyarrow.parquet as pq
 
 from configs.errors import IntegrityError, NotFoundError
 from configs.models import SynthConfig
+from data.artifacts import file_urls
 from data.schema import ANNOTATION_SCHEMA, DEFECT_CLASSES, IMAGE_SCHEMA, split_of
 from data.synth import SynthImage, generate
 
@@ -39,10 +41,24 @@ def _sha256(blob: bytes) -> str:
 
 @dataclass(frozen=True)
 class Dataset:
-    """A complete dataset: its URL and parsed manifest."""
+    """A complete dataset: its URL (a directory, or an artifact manifest) and parsed manifest.
+
+    `files` maps each relative path to its URL when the dataset is an artifact (object URLs in
+    the store); None for a plain directory.
+    """
 
     url: str
     manifest: dict[str, Any]
+    files: dict[str, str] | None = field(default=None, compare=False, repr=False)
+
+    def file_url(self, relpath: str) -> str:
+        """URL of one file of the dataset (e.g. `images/part-00000.parquet`)."""
+        if self.files is None:
+            return f"{self.url}/{relpath}"
+        try:
+            return self.files[relpath]
+        except KeyError:
+            raise NotFoundError(f"The dataset {self.url} has no file {relpath}.") from None
 
     @property
     def name(self) -> str:
@@ -66,17 +82,17 @@ class Dataset:
 
     @property
     def shard_urls(self) -> list[str]:
-        return [f"{self.url}/{s['path']}" for s in self.manifest["shards"]]
+        return [self.file_url(s["path"]) for s in self.manifest["shards"]]
 
     @property
     def annotations_url(self) -> str:
-        return f"{self.url}/{self.manifest['annotations']['path']}"
+        return self.file_url(self.manifest["annotations"]["path"])
 
     def read_images(self, columns: list[str] | None = None) -> pa.Table:
-        fs, _ = fsspec.core.url_to_fs(self.url)
         tables = []
         for url in self.shard_urls:
-            with fs.open(fsspec.core.url_to_fs(url)[1], "rb") as f:
+            fs, path = fsspec.core.url_to_fs(url)
+            with fs.open(path, "rb") as f:
                 tables.append(pq.read_table(f, columns=columns))
         return pa.concat_tables(tables)
 
@@ -92,14 +108,16 @@ class Dataset:
 
     def verify(self) -> None:
         """Re-hash every file against the manifest; raises IntegrityError on any mismatch."""
-        fs, base = fsspec.core.url_to_fs(self.url)
         entries = [*self.manifest["shards"], self.manifest["annotations"]]
         for entry in entries:
-            with fs.open(f"{base}/{entry['path']}", "rb") as f:
+            url = self.file_url(entry["path"])
+            fs, path = fsspec.core.url_to_fs(url)
+            with fs.open(path, "rb") as f:
                 digest = hashlib.file_digest(f, "sha256").hexdigest()
             if digest != entry["sha256"]:
+                where = url if self.files is None else f"{entry['path']} of {self.url} ({url})"
                 raise IntegrityError(
-                    f"{self.url}/{entry['path']} has sha256 {digest[:12]}..., the manifest "
+                    f"{where} has sha256 {digest[:12]}..., the manifest "
                     f"records {entry['sha256'][:12]}...",
                     hint="The file was changed or damaged after it was written; re-copy it.",
                 )
@@ -228,16 +246,20 @@ def _finish(url, name, version, shards, annotations, counts, image, source) -> D
 
 
 def open_dataset(url: str) -> Dataset:
-    """The dataset at `url`; raises NotFoundError when there is no complete dataset there."""
+    """The dataset at `url`: a dataset directory, or a dataset artifact's manifest URL
+    (`<store>/artifacts/dataset/<name>/<version>.json`). Raises NotFoundError when there is no
+    complete dataset there."""
     url = url.rstrip("/")
     try:
-        with fsspec.open(f"{url}/{MANIFEST}", "r") as f:
+        files = file_urls(url)  # read once: every file URL of an artifact comes from here
+        manifest_url = f"{url}/{MANIFEST}" if files is None else files[MANIFEST]
+        with fsspec.open(manifest_url, "r") as f:
             manifest = json.load(f)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, NotFoundError, KeyError) as e:
         raise NotFoundError(
             f"No dataset at {url} (no {MANIFEST}).",
             hint="Create one with `adcp data synth --name NAME`, or check the URL.",
         ) from e
     if manifest.get("format") != FORMAT:
-        raise IntegrityError(f"{url}/{MANIFEST} is not an {FORMAT} manifest.")
-    return Dataset(url, manifest)
+        raise IntegrityError(f"The {MANIFEST} of {url} is not an {FORMAT} manifest.")
+    return Dataset(url, manifest, files)

@@ -2,7 +2,9 @@
 
 A model directory (any fsspec URL) holds `model.pt2` (a `torch.export` program: float32 NCHW batch
 in, logits out) and `metadata.json` (`ModelMetadata`). Serve never imports training code: these
-two files are all it needs.
+two files are all it needs. A model artifact's manifest URL in an artifact store
+(`<store>/artifacts/model/<name>/<version>.json`, see `data.artifacts`) works wherever a model
+directory URL does.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from configs.errors import IntegrityError, NotFoundError
+from data.artifacts import file_url
 
 MODEL_FILE = "model.pt2"
 METADATA_FILE = "metadata.json"
@@ -104,11 +107,12 @@ def decision_figures(
 
 def read_metadata(model_uri: str) -> ModelMetadata:
     """Load and validate `metadata.json` of the model at `model_uri`."""
-    url = model_uri.rstrip("/") + "/" + METADATA_FILE
+    url = f"{model_uri.rstrip('/')}/{METADATA_FILE}"
     try:
+        url = file_url(model_uri, METADATA_FILE)  # a model directory or a model artifact
         with fsspec.open(url, "r") as f:
             raw = json.load(f)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, NotFoundError) as e:
         raise NotFoundError(
             f"No model at {model_uri}: {METADATA_FILE} is missing.",
             hint="Give the directory a training run exported (it holds model.pt2 and metadata.json).",

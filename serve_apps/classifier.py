@@ -29,6 +29,7 @@ from configs.errors import (
     PayloadTooLargeError,
 )
 from configs.models import ServeUserConfig
+from data.artifacts import file_url
 from data.model_format import MODEL_FILE, ModelMetadata, decide, read_metadata
 from data.preprocess import decode_image, to_model_input
 
@@ -108,7 +109,7 @@ def load_model(uri: str, device: str = "cpu") -> LoadedModel:
     match the sha256 recorded in the metadata or cannot be loaded.
     """
     meta = read_metadata(uri)
-    url = uri.rstrip("/") + "/" + MODEL_FILE
+    url = file_url(uri, MODEL_FILE)  # a model directory or a model artifact's manifest URL
     try:
         with fsspec.open(url, "rb") as f:
             blob = f.read()
