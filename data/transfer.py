@@ -175,6 +175,11 @@ def _copy_fd(src: int, dst: int, n: int) -> int:
 # --- writing into a store ----------------------------------------------------------------
 
 
+def _wait(stop: threading.Event, seconds: float) -> bool:
+    """Sleep up to `seconds`; True (at once) when the transfer is being stopped."""
+    return stop.wait(seconds)
+
+
 class _Pace:
     """Shared between workers: an optional bandwidth cap, and the stop signal."""
 
@@ -193,7 +198,7 @@ class _Pace:
             now = time.monotonic()
             start = max(now, self.next)
             self.next = start + n / self.rate
-        if start > now and self.stop.wait(start - now):
+        if start > now and _wait(self.stop, start - now):
             raise _Cancelled
 
 
@@ -216,7 +221,6 @@ def _write_local(job: Job, dst: ArtifactStore, chunk: int, sent: Callable[[int],
         try:
             with _Source(job) as src:
                 while True:
-                    pace(chunk)
                     if src.fd is not None:
                         n = _copy_fd(src.fd, out, chunk)
                     else:
@@ -228,6 +232,7 @@ def _write_local(job: Job, dst: ArtifactStore, chunk: int, sent: Callable[[int],
                     if n == 0:
                         break
                     sent(n)
+                    pace(n)
         finally:
             os.close(out)
         # The check reads the destination file (from the page cache), not the source bytes.
@@ -345,9 +350,9 @@ def _write_generic(
                 blob = src.read(chunk)
                 if not blob:
                     break
-                pace(len(blob))
                 out.write(blob)
                 sent(len(blob))
+                pace(len(blob))
         size = dst.fs.size(tmp)
         _check(entry, fs_digest(dst.fs, tmp, size, chunk), size)
         dst.fs.mv(tmp, final)
@@ -457,7 +462,7 @@ class _Engine:
                     raise self._permanent(job, e) from e
                 last = e
             self._progress(-reported, 0)  # the failed attempt's bytes are sent again
-            if attempt < self.retries and self.stop.wait(min(MAX_BACKOFF_S, self.backoff_s * 2**attempt)):
+            if attempt < self.retries and _wait(self.stop, min(MAX_BACKOFF_S, self.backoff_s * 2**attempt)):
                 raise _Cancelled
         raise self._exhausted(job, last)
 
