@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import io
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import fsspec
+from data.artifacts import ArtifactRef, ArtifactStore
 
 #: Packages a site runs: the train job, the Serve app, and what they import.
 SITE_PACKAGES = ("configs", "data", "train_jobs", "serve_apps")
+BUNDLE_NAME = "adcp"
+BUNDLE_FILE = "adcp-code.zip"
+#: What a site runs from the bundle (recorded in the code artifact's metadata).
+ENTRYPOINTS = {"train": "python -m train_jobs.train", "serve": "serve_apps.adc:app",
+               "transfer": "python -m data.transfer"}
 _FIXED_TIME = (2026, 1, 1, 0, 0, 0)  # zip entries get a fixed time so equal code gives equal bytes
 
 
@@ -50,16 +56,16 @@ def build_zip(root: Path | None = None) -> bytes:
     return buf.getvalue()
 
 
-def publish(store_url: str, root: Path | None = None) -> CodeBundle:
-    """Write the bundle to `<store>/code/adcp-<sha12>.zip` unless it is already there."""
+def publish(store: ArtifactStore, root: Path | None = None) -> CodeBundle:
+    """Publish the bundle as artifact `code/adcp@<sha12>` in `store` unless it is already there."""
     blob = build_zip(root)
     digest = hashlib.sha256(blob).hexdigest()
-    uri = f"{store_url.rstrip('/')}/code/adcp-{digest[:12]}.zip"
-    fs, path = fsspec.core.url_to_fs(uri)
-    if not fs.exists(path):
-        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        tmp = f"{path}.partial"
-        with fs.open(tmp, "wb") as f:
-            f.write(blob)
-        fs.mv(tmp, path)  # readers never see a half-written zip
-    return CodeBundle(uri, digest)
+    ref = ArtifactRef("code", BUNDLE_NAME, digest[:12])
+    if not store.exists(ref):
+        with tempfile.TemporaryDirectory(prefix="adcp-bundle-") as tmp:
+            path = Path(tmp) / BUNDLE_FILE
+            path.write_bytes(blob)
+            store.publish("code", BUNDLE_NAME, ref.version, path, meta={"entrypoints": ENTRYPOINTS,
+                                                                         "packages": list(SITE_PACKAGES)})
+    manifest = store.manifest(ref)
+    return CodeBundle(store.object_url(manifest.entry(BUNDLE_FILE)), digest)

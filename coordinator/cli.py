@@ -16,11 +16,12 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from configs.errors import AdcpError
+from configs.errors import AdcpError, InputError
 from configs.loader import Defaults, load_defaults
 from configs.models import SynthConfig
-from coordinator import operations
-from coordinator.ui import progress
+from coordinator import operations, server
+from coordinator.center import CENTER, Center
+from coordinator.ui import progress, transfer_progress
 from coordinator.workspace import Workspace
 
 console = Console()
@@ -28,11 +29,19 @@ err_console = Console(stderr=True)
 
 
 class Context:
-    def __init__(self, home: Path | None, config: Path | None, debug: bool) -> None:
+    def __init__(self, home: Path | None, config: Path | None, platform: Path | None, debug: bool) -> None:
         self.debug = debug
         self.home_given = home is not None
         self.defaults: Defaults = load_defaults(config)
         self.ws = Workspace.at(home)
+        self.platform_file = platform
+        self._center: Center | None = None
+
+    @property
+    def center(self) -> Center:
+        if self._center is None:
+            self._center = Center.open(self.ws.home, self.platform_file)
+        return self._center
 
 
 pass_ctx = click.make_pass_decorator(Context)
@@ -55,11 +64,14 @@ def _print_json(data: Any) -> None:
               help="Platform home: local store and site state (default ~/.adcp, env ADCP_HOME).")
 @click.option("--config", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Defaults YAML (default: configs/defaults.yaml).")
+@click.option("--platform", type=click.Path(path_type=Path, dir_okay=False), envvar="ADCP_PLATFORM", default=None,
+              help="Platform file: center and sites (default: the one `adcp up` was given, else "
+              "configs/platform.yaml).")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @click.pass_context
-def cli(ctx: click.Context, home: Path | None, config: Path | None, debug: bool) -> None:
+def cli(ctx: click.Context, home: Path | None, config: Path | None, platform: Path | None, debug: bool) -> None:
     """ADC Platform: automatic defect classification on Ray, from dataset to served model."""
-    ctx.obj = Context(home, config, debug)
+    ctx.obj = Context(home, config, platform, debug)
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -112,7 +124,7 @@ def data_synth(ctx: Context, name, images, size, seed, preview, as_json) -> None
 @pass_ctx
 def data_list(ctx: Context, as_json: bool) -> None:
     """Datasets in the local store."""
-    rows = [{"name": n, "versions": ctx.ws.versions("datasets", n)} for n in ctx.ws.names("datasets")]
+    rows = [{"name": n, "versions": ctx.ws.versions("dataset", n)} for n in ctx.ws.names("dataset")]
     if as_json:
         return _print_json(rows)
     for row in rows:
@@ -121,9 +133,196 @@ def data_list(ctx: Context, as_json: bool) -> None:
 
 # --- sites ------------------------------------------------------------------------------------
 
+@cli.command("up")
+@pass_ctx
+def up(ctx: Context) -> None:
+    """Start the coordinator and every local site of the platform; return once all are ready."""
+    with err_console.status("starting the coordinator and local sites"):
+        info = server.up(ctx.ws.home, ctx.platform_file, on_event=lambda m: err_console.print(m, highlight=False))
+    console.print(f"platform up: coordinator {info['url']}, sites {', '.join(info['sites']) or '(none local)'}; "
+                  f"API token in {ctx.ws.home / 'coordinator' / 'api_token'}")
+
+
+@cli.command("down")
+@pass_ctx
+def down(ctx: Context) -> None:
+    """Stop every local site and the coordinator (by process id)."""
+    server.down(ctx.ws.home, on_event=lambda m: console.print(m, highlight=False))
+
+
+@cli.command("status")
+@_json_option
+@pass_ctx
+def platform_status(ctx: Context, as_json: bool) -> None:
+    """Each site: reachable, Ray version, CPU/GPU/memory free of total, store, jobs, Serve apps."""
+    coordinator = server.running(ctx.ws.home)
+    rows = ctx.center.status()
+    if as_json:
+        return _print_json({"coordinator": coordinator, "sites": rows})
+    console.print(f"coordinator: {coordinator['url'] + ' (pid ' + str(coordinator['pid']) + ')' if coordinator else 'not running'}")
+    table = Table("site", "reachable", "ray", "CPU free/total", "GPU free/total", "memory free/total GiB",
+                  "store", "running jobs", "serve apps")
+    for r in rows:
+        res = r.get("resources", {})
+        tot, avail = res.get("total", {}), res.get("available", {})
+        gib = 2**30
+        apps = ", ".join(f"{k}:{v}" for k, v in r.get("serve_apps", {}).items()) or "-"
+        table.add_row(
+            r["name"], "yes" if r["reachable"] else f"no ({r.get('error', '')})", r.get("ray_version", "-"),
+            f"{avail.get('CPU', 0):g}/{tot.get('CPU', 0):g}", f"{avail.get('GPU', 0):g}/{tot.get('GPU', 0):g}",
+            f"{avail.get('memory', 0) / gib:.1f}/{tot.get('memory', 0) / gib:.1f}",
+            f"{r['store']} ({r['transfer']})", str(len(r.get("jobs", {}).get("running", []))), apps)
+    console.print(table)
+
+
+@cli.command("push")
+@click.argument("artifact")
+@click.option("--to", "to", required=True, help="Destination sites, comma-separated.")
+@click.option("--from", "source", default=CENTER, show_default=True, help="'center' or a site name.")
+@click.option("--verify-existing", is_flag=True, help="Rehash objects already at the destination too.")
+@_json_option
+@pass_ctx
+def push(ctx: Context, artifact: str, to: str, source: str, verify_existing: bool, as_json: bool) -> None:
+    """Copy KIND/NAME[@VERSION] to sites: verified, resumable, sending only what is missing."""
+    sites = [s.strip() for s in to.split(",") if s.strip()]
+    with transfer_progress(err_console) as bar:
+        tasks: dict[str, Any] = {}
+
+        def plan(site: str, total_bytes: int, total_objects: int) -> None:
+            tasks[site] = bar.add_task(f"{site}", total=total_bytes, objects=f"0/{total_objects}", n=0, of=total_objects)
+
+        def advance(site: str, nbytes: int, nobjects: int) -> None:
+            task = tasks[site]
+            n = bar.tasks[task].fields["n"] + nobjects
+            bar.update(task, advance=nbytes, n=n, objects=f"{n}/{bar.tasks[task].fields['of']}")
+
+        outcomes = ctx.center.push(artifact, sites, source=source, verify_existing=verify_existing,
+                                   on_plan=plan, on_progress=advance)
+    rows = [o.to_dict() for o in outcomes]
+    if as_json:
+        return _print_json(rows)
+    table = Table("site", "direction", "artifact", "sent", "skipped", "objects verified", "seconds")
+    for r in rows:
+        table.add_row(r["site"], r["direction"], r["ref"], _bytes(r["bytes_sent"]), _bytes(r["bytes_skipped"]),
+                      str(r["objects_verified"]), f"{r['seconds']:.2f}")
+    console.print(table)
+
+
+@cli.command("artifacts")
+@click.option("--site", "where", default=CENTER, show_default=True, help="'center' or a site name.")
+@click.option("--kind", default=None, help="Only this kind.")
+@_json_option
+@pass_ctx
+def artifacts(ctx: Context, where: str, kind: str | None, as_json: bool) -> None:
+    """Complete artifacts held by the center or a site (half-copied ones never show)."""
+    rows = ctx.center.artifacts(where, kind)
+    if as_json:
+        return _print_json(rows)
+    table = Table("kind", "name", "version", "size", "objects", "created")
+    for r in rows:
+        table.add_row(r["kind"], r["name"], r["version"], _bytes(r["bytes"]), str(r["objects"]), r["created"])
+    console.print(table)
+
+
+@cli.command("verify")
+@click.argument("artifact")
+@click.option("--site", "where", required=True, help="'center' or a site name.")
+@click.option("--repair", is_flag=True, help="Re-copy bad or missing objects from the center.")
+@_json_option
+@pass_ctx
+def verify(ctx: Context, artifact: str, where: str, repair: bool, as_json: bool) -> None:
+    """Rehash every object of an artifact where it is stored."""
+    result = ctx.center.verify(artifact, where, repair=repair)
+    if as_json:
+        _print_json(result)
+    elif result["ok"] or len(result.get("bad", [])) == len(result.get("repaired", [])):
+        console.print(f"{result['ref']} at {where}: ok" + (f", repaired {result['repaired']}" if result.get("repaired") else ""))
+    else:
+        console.print(f"{result['ref']} at {where}: [red]bad objects[/] {result['bad']} (run with --repair)")
+    if result.get("bad") and not repair:
+        raise click.exceptions.Exit(1)
+
+
+@cli.command("transfers")
+@click.option("--limit", type=int, default=20, show_default=True)
+@_json_option
+@pass_ctx
+def transfers(ctx: Context, limit: int, as_json: bool) -> None:
+    """Recent transfers: status, bytes, duration, error."""
+    rows = ctx.center.transfers(limit)
+    if as_json:
+        return _print_json(rows)
+    table = Table("id", "artifact", "from", "to", "direction", "status", "sent", "skipped", "seconds", "error")
+    for r in rows:
+        table.add_row(r["id"], r["ref"], r["source"], r["destination"], r["direction"], r["status"],
+                      _bytes(r["bytes_sent"] or 0), _bytes(r["bytes_skipped"] or 0),
+                      f"{r['seconds']:.2f}" if r["seconds"] is not None else "-", r["error"] or "")
+    console.print(table)
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
 @cli.group()
 def site() -> None:
-    """Local Ray sites (the embedded default)."""
+    """Sites: register remote ones, list them; run a single local one by hand."""
+
+
+@site.command("add")
+@click.argument("name")
+@click.option("--dashboard", required=True, help="Ray dashboard base URL (jobs API).")
+@click.option("--serve", default=None, help="Ray Serve HTTP base URL.")
+@click.option("--store", required=True, help="fsspec URL of the site store.")
+@click.option("--registry", default=None, help="HOST[:PORT] of the site's image registry.")
+@click.option("--metrics", default=None, help="Ray metrics endpoint URL.")
+@click.option("--transfer", type=click.Choice(["push", "pull"]), default="push", show_default=True,
+              help="push: the center writes the site store; pull: a Ray job at the site reads the center's.")
+@click.option("--token-file", default=None, help="File with the site's Ray auth token.")
+@click.option("--store-options", default=None, help='fsspec storage options as JSON, e.g. \'{"client_kwargs": '
+              '{"endpoint_url": "http://s3.fab-c:8333"}}\' (credentials come from the environment).')
+@_json_option
+@pass_ctx
+def site_add(ctx: Context, name, dashboard, serve, store, registry, metrics, transfer, token_file, store_options,
+             as_json) -> None:
+    """Register a site that runs elsewhere (direct gateway)."""
+    try:
+        options = json.loads(store_options) if store_options else None
+    except ValueError as e:
+        raise InputError(f"--store-options is not JSON: {e}.", allowed='a JSON object such as {"anon": false}') from e
+    s = ctx.center.add_site(name, dashboard=dashboard, serve=serve, store=store, registry=registry, metrics=metrics,
+                            transfer=transfer, token_file=token_file, store_options=options)
+    if as_json:
+        return _print_json(s.model_dump(mode="json"))
+    console.print(f"site [cyan]{s.name}[/] registered ({s.gateway.kind} gateway, store {s.store.url}, {s.transfer})")
+
+
+@site.command("list")
+@_json_option
+@pass_ctx
+def site_list(ctx: Context, as_json: bool) -> None:
+    """Sites the center knows (from the platform file and `adcp site add`)."""
+    rows = [{"name": s.name, "local": s.runtime is not None, "gateway": s.gateway.kind, "store": s.store.url,
+             "transfer": s.transfer, "registry": s.registry, "labels": s.labels} for s in ctx.center.sites()]
+    if as_json:
+        return _print_json(rows)
+    table = Table("site", "local", "gateway", "store", "transfer", "registry")
+    for r in rows:
+        table.add_row(r["name"], "yes" if r["local"] else "no", r["gateway"], r["store"], r["transfer"], r["registry"] or "-")
+    console.print(table)
+
+
+@site.command("remove")
+@click.argument("name")
+@pass_ctx
+def site_remove(ctx: Context, name: str) -> None:
+    """Forget a site registered with `adcp site add` (its store and cluster are left alone)."""
+    ctx.center.remove_site(name)
+    console.print(f"site {name} removed")
 
 
 @site.command("up")
@@ -270,7 +469,9 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args or os.environ.get("ADCP_DEBUG") == "1"
     try:
-        cli.main(args=args, prog_name="adcp", standalone_mode=False)
+        rv = cli.main(args=args, prog_name="adcp", standalone_mode=False)
+        if isinstance(rv, int):  # click returns a command's Exit code in non-standalone mode
+            return rv
     except click.exceptions.Exit as e:
         return e.exit_code
     except click.ClickException as e:

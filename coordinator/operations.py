@@ -5,6 +5,7 @@ The CLI is a thin layer over these functions; the coordinator's HTTP API will ca
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,6 +18,7 @@ from configs.loader import Defaults
 from configs.models import LocalSiteConfig, ServeConfig, SynthConfig
 from coordinator import bundle, jobs, serving
 from coordinator.workspace import Workspace, parse_ref
+from data.artifacts import ArtifactStore, Manifest
 from data.dataset import Dataset, open_dataset, write_synthetic
 from data.model_format import ModelMetadata, read_metadata
 from raycluster import LocalSite, list_sites, load_site, start_site, status, stop_site
@@ -32,9 +34,22 @@ def synth_dataset(
     name, given = parse_ref(name)
     if given:
         raise InputError(f'Got "{name}@{given}" for a new dataset name.', allowed="a NAME; versions are numbered for you")
-    version = ws.next_version("datasets", name)
-    return write_synthetic(ws.url("datasets", name, version), cfg, name=name, version=version,
-                           on_progress=on_progress)
+    version = ws.next_version("dataset", name)
+    with tempfile.TemporaryDirectory(prefix="adcp-synth-", dir=_staging(ws)) as tmp:
+        ds = write_synthetic(Path(tmp).as_uri(), cfg, name=name, version=version, on_progress=on_progress)
+        ws.artifacts.publish("dataset", name, version, tmp, meta=_dataset_meta(ds))
+    return open_dataset(ws.resolve("dataset", f"{name}@{version}")[2])
+
+
+def _staging(ws: Workspace) -> str:
+    path = ws.home / "staging"
+    path.mkdir(parents=True, exist_ok=True)
+    return str(path)
+
+
+def _dataset_meta(ds: Dataset) -> dict[str, Any]:
+    m = ds.manifest
+    return {"rows": m["rows"], "class_counts": m["class_counts"], "dataset_sha256": m["sha256"]}
 
 
 def site_up(ws: Workspace, cfg: LocalSiteConfig) -> LocalSite:
@@ -79,14 +94,14 @@ def train(
     on_epoch: Callable[[int, int, str], None] | None = None,
 ) -> TrainOutcome:
     """Ship the code bundle, submit `python -m train_jobs.train` at `site`, follow it to the end."""
-    name, version, dataset_url = ws.resolve("datasets", dataset_ref)
+    name, version, dataset_url = ws.resolve("dataset", dataset_ref)
     options = dict(options or {})
     model_name = options.pop("model_name", None) or f"adc-{name}"
     model_version = options.pop("model_version", None) or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    code = bundle.publish(ws.store)
+    code = bundle.publish(ws.artifacts)
     cfg = defaults.train_config(
         dataset=dataset_url,
-        output=ws.url("models", model_name, model_version),
+        output=ws.url("work", "models", model_name, model_version),
         storage_path=ws.url("checkpoints", f"{model_name}-{model_version}"),
         model_name=model_name,
         model_version=model_version,
@@ -98,14 +113,23 @@ def train(
     if on_submitted:
         on_submitted(job_id)
     outcome = jobs.follow(site.dashboard_url, site.headers(), job_id, timeout_s=timeout_s, on_epoch=on_epoch)
-    return TrainOutcome(job_id, site.name, cfg.output, read_metadata(cfg.output), outcome.seconds)
+    meta = read_metadata(cfg.output)
+    model = publish_model(ws.artifacts, cfg.output, meta)
+    return TrainOutcome(job_id, site.name, ws.artifacts.manifest_url(model.ref), meta, outcome.seconds)
+
+
+def publish_model(store: ArtifactStore, model_dir: str, meta: ModelMetadata) -> Manifest:
+    """Publish an exported model directory as artifact `model/<name>@<version>` (lineage in meta)."""
+    return store.publish("model", meta.name, meta.version, model_dir,
+                         meta={"model_id": meta.model_id, "metrics": meta.metrics.get("val", {}),
+                               "lineage": meta.lineage})
 
 
 def resolve_model(ws: Workspace, ref: str) -> str:
     """A model URI from NAME[@VERSION] in the local store, or a URI/path given as is."""
     if "://" in ref or ref.startswith("/"):
         return ref
-    return ws.resolve("models", ref)[2]
+    return ws.resolve("model", ref)[2]
 
 
 def deploy_model(
@@ -115,7 +139,7 @@ def deploy_model(
     from the request to the new model answering)."""
     model_uri = resolve_model(ws, model_ref)
     meta = read_metadata(model_uri)
-    code = bundle.publish(ws.store)
+    code = bundle.publish(ws.artifacts)
     cfg = serve_cfg.model_copy(update={"user_config": serve_cfg.user_config.model_copy(update={"model_uri": model_uri})})
     config = serving.serve_config(cfg, working_dir=code.uri, http_port=int(site.serve_url.rsplit(":", 1)[1]),
                                   env=_SITE_ENV)
@@ -141,4 +165,4 @@ def classify_files(serve_url: str, paths: list[Path], *, chunk: int = 64) -> lis
 
 
 def dataset_info(ws: Workspace, ref: str) -> Dataset:
-    return open_dataset(ws.resolve("datasets", ref)[2])
+    return open_dataset(ws.resolve("dataset", ref)[2])

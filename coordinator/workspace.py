@@ -1,29 +1,25 @@
-"""Where the embedded platform keeps things: the home folder, the local store and its layout.
+"""Where the embedded platform keeps things: the home folder and the central store.
 
     $ADCP_HOME (default ~/.adcp)
-      store/datasets/<name>/<version>/   datasets (data.dataset layout)
-      store/models/<name>/<version>/     exported models (model.pt2 + metadata.json)
-      store/code/adcp-<sha12>.zip        code bundles (Ray working_dir zips)
-      store/checkpoints/<run>/           Ray Train checkpoints
-      sites/<name>/                      local Ray site state (raycluster.local)
+      store/                   the central artifact store (data.artifacts layout: objects/ + artifacts/)
+      store/work/models/...    what a training run writes before it is published as a model artifact
+      store/checkpoints/<run>/ Ray Train checkpoints
+      sites/<name>/            local Ray site state (raycluster.local) and the site's own store
+      coordinator/             the coordinator's API token, pid file and log
 """
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import fsspec
-
 from configs.errors import InputError, NotFoundError
+from configs.platform import default_home
+from data.artifacts import ArtifactRef, ArtifactStore
 
 _REF = re.compile(r"^(?P<name>[a-z0-9][a-z0-9._-]{0,62})(@(?P<version>[A-Za-z0-9._-]{1,64}))?$")
-
-
-def default_home() -> Path:
-    return Path(os.environ.get("ADCP_HOME") or Path.home() / ".adcp").expanduser()
+_HINTS = {"dataset": "List what exists with `adcp data list`.", "model": "Train one with `adcp train`."}
 
 
 def parse_ref(ref: str, what: str = "dataset") -> tuple[str, str | None]:
@@ -52,43 +48,31 @@ class Workspace:
     def url(self, *parts: str) -> str:
         return "/".join([self.store, *parts])
 
+    @property
+    def artifacts(self) -> ArtifactStore:
+        return ArtifactStore(self.store)
+
     def names(self, kind: str) -> list[str]:
-        """Names stored under `kind` ("datasets", "models"), complete or not."""
-        fs, base = fsspec.core.url_to_fs(self.url(kind))
-        if not fs.exists(base):
-            return []
-        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(base, detail=False))
+        """Names of complete artifacts of `kind` ("dataset", "model")."""
+        return sorted({m.name for m in self.artifacts.list(kind)})
 
     def versions(self, kind: str, name: str) -> list[str]:
-        """Complete versions of `kind/name` (those whose manifest or metadata was written)."""
-        fs, base = fsspec.core.url_to_fs(self.url(kind, name))
-        if not fs.exists(base):
-            return []
-        marker = "manifest.json" if kind == "datasets" else "metadata.json"
-        found = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(base, detail=False)]
-        done = [v for v in found if fs.exists(f"{base}/{v}/{marker}")]
-        return sorted(done, key=lambda v: (len(v), v))
+        return self.artifacts.versions(kind, name)
 
     def next_version(self, kind: str, name: str) -> str:
-        numeric = [int(v) for v in self.versions(kind, name) if v.isdigit()]
-        return str(max(numeric, default=0) + 1)
+        return self.artifacts.next_version(kind, name)
 
     def resolve(self, kind: str, ref: str) -> tuple[str, str, str]:
-        """(name, version, url) of `ref`; without a version, the latest complete one."""
-        name, version = parse_ref(ref, kind.rstrip("s"))
+        """(name, version, manifest URL) of `ref`; without a version, the latest complete one."""
+        name, version = parse_ref(ref, kind)
         versions = self.versions(kind, name)
         if version is None:
             if not versions:
-                raise NotFoundError(
-                    f"No {kind.rstrip('s')} named {name} in {self.store}.",
-                    hint="List what exists with `adcp data list`"
-                    if kind == "datasets"
-                    else "Train one with `adcp train`.",
-                )
+                raise NotFoundError(f"No {kind} named {name} in {self.store}.", hint=_HINTS.get(kind))
             version = versions[-1]
         elif version not in versions:
             raise NotFoundError(
-                f"{kind.rstrip('s').capitalize()} {name}@{version} does not exist in {self.store}.",
+                f"{kind.capitalize()} {name}@{version} does not exist in {self.store}.",
                 allowed=", ".join(f"{name}@{v}" for v in versions) or "none yet",
             )
-        return name, version, self.url(kind, name, version)
+        return name, version, self.artifacts.manifest_url(ArtifactRef(kind, name, version))

@@ -5,6 +5,8 @@ import zipfile
 import io
 
 import pytest
+
+from data.artifacts import ArtifactRef, ArtifactStore
 from click.testing import CliRunner
 
 from coordinator import bundle
@@ -25,7 +27,7 @@ def test_synth_writes_a_dataset_and_a_preview(tmp_path, capsys):
     assert (tmp_path / "sheet.png").stat().st_size > 10_000
     main(["--home", str(tmp_path), "data", "synth", "--name", "aoi", "--images", "6", "--json"])
     assert json.loads(capsys.readouterr().out)["dataset"] == "aoi@2"
-    assert Workspace.at(tmp_path).resolve("datasets", "aoi")[1] == "2"
+    assert Workspace.at(tmp_path).resolve("dataset", "aoi")[1] == "2"
 
 
 @pytest.mark.parametrize(
@@ -65,9 +67,9 @@ def test_dataset_resolution_errors_name_what_exists(tmp_path):
     ws = Workspace.at(tmp_path)
     run(["data", "synth", "--name", "aoi", "--images", "6"], tmp_path)
     with pytest.raises(NotFoundError, match="aoi@1"):
-        ws.resolve("datasets", "aoi@7")
+        ws.resolve("dataset", "aoi@7")
     with pytest.raises(NotFoundError, match="No dataset named zzz"):
-        ws.resolve("datasets", "zzz")
+        ws.resolve("dataset", "zzz")
 
 
 def test_code_bundle_is_deterministic_and_one_folder(tmp_path):
@@ -77,6 +79,9 @@ def test_code_bundle_is_deterministic_and_one_folder(tmp_path):
     assert {n.split("/")[0] for n in names} == {"adcp-code"}
     assert "adcp-code/train_jobs/train.py" in names and "adcp-code/serve_apps/adc.py" in names
     assert not any("coordinator" in n or "__pycache__" in n for n in names)
-    first = bundle.publish(tmp_path.as_uri())
-    again = bundle.publish(tmp_path.as_uri())
-    assert first == again and first.uri.endswith(f"adcp-{first.version}.zip")
+    store = ArtifactStore(tmp_path.as_uri())
+    first = bundle.publish(store)
+    again = bundle.publish(store)
+    assert first == again and first.uri.endswith(".zip") and first.sha256 in first.uri
+    assert [(m.kind, m.name, m.version) for m in store.list()] == [("code", "adcp", first.version)]
+    assert store.manifest(ArtifactRef("code", "adcp", first.version)).meta["entrypoints"]["serve"] == "serve_apps.adc:app"

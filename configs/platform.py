@@ -1,0 +1,202 @@
+"""The platform: the center (state, central store, API address) and the sites it knows.
+
+`configs/platform.yaml` is the embedded default: two local sites, fab-a and fab-b, each with its
+own Ray head and store folder. `{home}` in any string stands for the platform home
+($ADCP_HOME, default ~/.adcp), so the same file works for every user.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from configs.errors import ConfigError
+from configs.loader import validate
+from configs.models import LocalSiteConfig
+
+PLATFORM_FILE = Path(__file__).with_name("platform.yaml")
+_SITE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
+_HOST_PORT = re.compile(r"^[A-Za-z0-9.-]+(:\d{1,5})?$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StoreConfig(_Strict):
+    """An fsspec store: a URL plus the storage options fsspec needs to open it.
+
+    Secrets do not belong here: s3fs reads AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY from the
+    environment of whoever opens the store.
+    """
+
+    url: str = Field(..., description="fsspec URL: file:///..., a plain path, memory://..., s3://bucket/prefix")
+    options: dict[str, Any] = Field(default_factory=dict, description="fsspec storage options")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        v = v.strip().rstrip("/")
+        if not v:
+            raise ValueError("a store URL may not be empty")
+        if "://" not in v:
+            if not v.startswith("/"):
+                raise ValueError(f'Got "{v}" for a store: give an absolute path or a URL such as s3://bucket/prefix')
+            v = Path(v).as_uri()
+        return v
+
+
+class ApiConfig(_Strict):
+    host: str = Field("127.0.0.1", description="Address the coordinator's HTTP API binds to.")
+    port: int = Field(0, ge=0, le=65535, description="0 picks a free port at `adcp up`.")
+
+
+class CenterConfig(_Strict):
+    state_db: str = Field("{home}/coordinator.db", description="SQLite file of the coordinator's state.")
+    store: StoreConfig = Field(default_factory=lambda: StoreConfig(url="{home}/store"))
+    api: ApiConfig = Field(default_factory=ApiConfig)
+
+
+class DirectGateway(_Strict):
+    """A site reached at plain base URLs (an ingress, or a local Ray head)."""
+
+    kind: Literal["direct"] = "direct"
+    dashboard: str | None = Field(None, description="Ray dashboard / jobs API base URL")
+    serve: str | None = Field(None, description="Ray Serve HTTP base URL")
+    metrics: str | None = Field(None, description="Ray metrics endpoint URL")
+    token_file: str | None = Field(None, description="File holding the site's Ray auth token")
+
+    @field_validator("dashboard", "serve", "metrics")
+    @classmethod
+    def _http(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https?://[^\s/]+", v):
+            raise ValueError(f'Got "{v}": give an http:// or https:// base URL')
+        return v.rstrip("/") if v else v
+
+
+class KarmadaGateway(_Strict):
+    """A site reached through the Karmada apiserver's aggregated cluster proxy."""
+
+    kind: Literal["karmada"] = "karmada"
+    kubeconfig: str | None = None
+    context: str | None = None
+    cluster: str = Field(..., description="Karmada Cluster object name")
+    namespace: str = "ray-system"
+    dashboard_service: str = "adc-head-svc:8265"
+    serve_service: str = "adc-serve-svc:8000"
+    metrics_service: str = "adc-head-svc:8080"
+    token_file: str | None = None
+
+
+class LocalRuntime(_Strict):
+    """The site runs as a local Ray head on this machine (`adcp up` starts it)."""
+
+    kind: Literal["local"] = "local"
+    num_cpus: int = Field(4, ge=1, le=1024)
+    num_gpus: int = Field(0, ge=0, le=64, description="GPUs declared to Ray (real or not)")
+    resources: dict[str, float] = Field(default_factory=dict)
+    object_store_mb: int = Field(512, ge=100)
+
+
+class SiteConfig(_Strict):
+    """One site: how the center reaches it, where its store is, how artifacts get there."""
+
+    name: str
+    runtime: LocalRuntime | None = Field(None, description="Set for sites `adcp up` runs locally.")
+    gateway: DirectGateway | KarmadaGateway = Field(default_factory=DirectGateway, discriminator="kind")
+    store: StoreConfig
+    transfer: Literal["push", "pull"] = Field(
+        "push",
+        description="push: the center writes into the site store; pull: a Ray job at the site "
+        "reads from the central store (for stores the center cannot reach).",
+    )
+    registry: str | None = Field(None, description="host:port of the site's image registry")
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _SITE_NAME.match(v):
+            raise ValueError(
+                f'Got "{v}" for site name. A site name is a DNS label: lower-case letters, digits '
+                "and '-', starting and ending with a letter or digit, at most 40 characters."
+            )
+        return v
+
+    @field_validator("gateway", mode="before")
+    @classmethod
+    def _direct_by_default(cls, v: Any) -> Any:
+        return {"kind": "direct", **v} if isinstance(v, dict) and "kind" not in v else v
+
+    @field_validator("registry")
+    @classmethod
+    def _registry(cls, v: str | None) -> str | None:
+        if v is not None and not _HOST_PORT.match(v):
+            raise ValueError(f'Got "{v}" for registry: give HOST or HOST:PORT, no scheme')
+        return v
+
+    @model_validator(mode="after")
+    def _reachable(self) -> "SiteConfig":
+        if self.runtime is None and self.gateway.kind == "direct" and not self.gateway.dashboard:
+            raise ValueError(f"site {self.name}: a site that is not local needs gateway.dashboard")
+        return self
+
+    def local_config(self) -> LocalSiteConfig:
+        """The local Ray head's settings (`raycluster.local.start_site`)."""
+        if self.runtime is None:
+            raise ConfigError(f"Site {self.name} does not run on this machine.", hint="Start it where it runs.")
+        rt = self.runtime
+        return LocalSiteConfig(name=self.name, num_cpus=rt.num_cpus, num_gpus=rt.num_gpus,
+                               resources=rt.resources, object_store_mb=rt.object_store_mb,
+                               store=self.store.url)
+
+
+class PlatformConfig(_Strict):
+    center: CenterConfig = Field(default_factory=CenterConfig)
+    sites: list[SiteConfig] = Field(default_factory=list)
+
+    @field_validator("sites")
+    @classmethod
+    def _unique(cls, v: list[SiteConfig]) -> list[SiteConfig]:
+        names = [s.name for s in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"site names must be unique; repeated: {', '.join(dup)}")
+        return v
+
+    def site(self, name: str) -> SiteConfig | None:
+        return next((s for s in self.sites if s.name == name), None)
+
+
+def _expand(value: Any, home: str) -> Any:
+    if isinstance(value, str):
+        return value.replace("{home}", home)
+    if isinstance(value, list):
+        return [_expand(v, home) for v in value]
+    if isinstance(value, dict):
+        return {k: _expand(v, home) for k, v in value.items()}
+    return value
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("ADCP_HOME") or Path.home() / ".adcp").expanduser()
+
+
+def load_platform(path: str | Path | None = None, home: str | Path | None = None) -> PlatformConfig:
+    """Parse the platform file (default `configs/platform.yaml`), with `{home}` expanded."""
+    file = Path(path) if path else PLATFORM_FILE
+    try:
+        raw = yaml.safe_load(file.read_text()) or {}
+    except FileNotFoundError as e:
+        raise ConfigError(f"Platform file {file} does not exist.") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"Platform file {file} is not valid YAML: {e}") from e
+    home = str(Path(home or default_home()).resolve())
+    raw.setdefault("center", {})
+    raw["center"].setdefault("store", {"url": "{home}/store"})
+    return validate(PlatformConfig, _expand(raw, home), f"platform file {file}")

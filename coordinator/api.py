@@ -1,0 +1,124 @@
+"""The coordinator's HTTP API (FastAPI). Every route under /api/v1 needs the bearer token created at
+`adcp up`; each handler calls the same `Center` method the CLI calls.
+
+OpenAPI docs are at /docs and /openapi.json (they describe the API and hold no data).
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any, Literal
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+
+from configs.errors import AdcpError, InputError
+from coordinator.center import CENTER, Center
+from data.artifacts import KINDS
+
+API_VERSION = "v1"
+
+
+class SiteIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    dashboard: str = Field(..., description="Ray dashboard base URL")
+    store: str = Field(..., description="fsspec URL of the site store")
+    store_options: dict[str, Any] = Field(default_factory=dict, description="fsspec storage options (no secrets)")
+    serve: str | None = None
+    metrics: str | None = None
+    registry: str | None = None
+    transfer: Literal["push", "pull"] = "push"
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class TransferIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    artifact: str = Field(..., description="KIND/NAME[@VERSION]", examples=["dataset/aoi@1"])
+    to: list[str] = Field(..., min_length=1, description="Destination sites")
+    source: str = Field(CENTER, description="'center' or a site name")
+    verify_existing: bool = False
+
+
+def create_app(center: Center, token: str) -> FastAPI:
+    app = FastAPI(title="ADC Platform coordinator", version="1",
+                  description="Sites, artifacts and transfers of the ADC Platform.")
+    bearer = HTTPBearer(auto_error=False)
+
+    def require_token(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if creds is None or not secrets.compare_digest(creds.credentials, token):
+            raise HTTPException(
+                status_code=401,
+                detail="missing or wrong bearer token" if creds else "missing bearer token",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    @app.exception_handler(AdcpError)
+    async def _adcp_error(request: Request, exc: AdcpError) -> JSONResponse:
+        return JSONResponse(exc.to_json(), status_code=exc.http_status)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        body = {"error": "Unauthorized" if exc.status_code == 401 else "HTTPError", "detail": exc.detail}
+        if exc.status_code == 401:
+            body["hint"] = "Send 'Authorization: Bearer <token>'; the token is in <home>/coordinator/api_token."
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [{"where": ".".join(str(p) for p in e["loc"]), "problem": e["msg"]} for e in exc.errors()]
+        return JSONResponse({"error": "InputError", "detail": "The request is not valid.", "problems": problems},
+                            status_code=422)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    auth = [Depends(require_token)]
+
+    @app.get(f"/api/{API_VERSION}/sites", dependencies=auth)
+    async def list_sites(live: bool = Query(True, description="Read each site's live status")) -> list[dict[str, Any]]:
+        if live:
+            return await run_in_threadpool(center.status)
+        return [s.model_dump(mode="json") for s in center.sites()]
+
+    @app.get(f"/api/{API_VERSION}/sites/{{name}}", dependencies=auth)
+    async def get_site(name: str) -> dict[str, Any]:
+        site = center.site(name)
+        status = (await run_in_threadpool(center.status, [name]))[0]
+        return {**status, "config": site.model_dump(mode="json")}
+
+    @app.post(f"/api/{API_VERSION}/sites", dependencies=auth, status_code=201)
+    def add_site(body: SiteIn) -> dict[str, Any]:
+        fields = body.model_dump()
+        return center.add_site(fields.pop("name"), **fields).model_dump(mode="json")
+
+    @app.delete(f"/api/{API_VERSION}/sites/{{name}}", dependencies=auth, status_code=204)
+    def remove_site(name: str) -> None:
+        center.remove_site(name)
+
+    @app.get(f"/api/{API_VERSION}/artifacts", dependencies=auth)
+    def list_artifacts(site: str = Query(CENTER, description="'center' or a site name"),
+                       kind: str | None = Query(None, description=f"one of {', '.join(KINDS)}")) -> list[dict[str, Any]]:
+        if kind is not None and kind not in KINDS:
+            raise InputError(f'Got "{kind}" for kind.', allowed=", ".join(KINDS))
+        return center.artifacts(site, kind)
+
+    @app.post(f"/api/{API_VERSION}/transfers", dependencies=auth)
+    def create_transfer(body: TransferIn) -> dict[str, Any]:
+        outcomes = center.push(body.artifact, body.to, source=body.source, verify_existing=body.verify_existing)
+        return {"results": [o.to_dict() for o in outcomes]}
+
+    @app.get(f"/api/{API_VERSION}/transfers", dependencies=auth)
+    def list_transfers(limit: int = Query(50, ge=1, le=1000)) -> list[dict[str, Any]]:
+        return center.transfers(limit)
+
+    @app.get(f"/api/{API_VERSION}/transfers/{{transfer_id}}", dependencies=auth)
+    def get_transfer(transfer_id: str) -> dict[str, Any]:
+        return center.transfer(transfer_id)
+
+    return app

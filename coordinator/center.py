@@ -1,0 +1,356 @@
+"""The center as a Python API: sites, their gateways and stores, artifacts and transfers.
+
+The CLI and the coordinator's HTTP handlers both call `Center`; neither has logic of its own.
+Sites come from the platform file (`configs/platform.yaml`, origin "config") and from
+`adcp site add` (origin "added"); both live in the state DB so a restarted coordinator knows them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shlex
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from configs.errors import AdcpError, InputError, JobError, NotFoundError, SiteError
+from configs.loader import validate
+from configs.platform import PlatformConfig, SiteConfig, default_home, load_platform
+from coordinator import bundle
+from coordinator.state import State
+from data.artifacts import ArtifactRef, ArtifactStore
+from data.images import download_image, push_to_registry
+from data.transfer import copy_artifact
+from raycluster.gateway import SiteGateway, gateway_for, site_status
+from raycluster.local import read_state
+
+CENTER = "center"
+PLATFORM_POINTER = "platform.path"  # in home: the platform file `adcp up` was given
+_TRANSFER_LINE = "ADCP_TRANSFER "
+
+Progress = Callable[[str, int, int], None]  # (site, bytes_delta, objects_delta)
+Plan = Callable[[str, int, int], None]  # (site, total_bytes, total_objects)
+
+
+def token_path(home: Path) -> Path:
+    return home / "coordinator" / "api_token"
+
+
+def create_token(home: Path) -> str:
+    """A new API token in `<home>/coordinator/api_token`, readable by its owner only (0600)."""
+    path = token_path(home)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    os.chmod(path, 0o600)
+    return token
+
+
+def read_token(home: Path) -> str:
+    try:
+        return token_path(home).read_text().strip()
+    except FileNotFoundError:
+        raise NotFoundError("The coordinator has no API token yet.", hint="Run `adcp up` first.") from None
+
+
+@dataclass
+class PushOutcome:
+    site: str
+    transfer_id: str
+    direction: str
+    result: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        r = self.result
+        return {"site": self.site, "transfer_id": self.transfer_id, "direction": self.direction,
+                "ref": r.get("ref"), "bytes_sent": r.get("bytes_sent", 0), "bytes_skipped": r.get("bytes_skipped", 0),
+                "objects_sent": r.get("objects_sent", 0), "objects_skipped": r.get("objects_skipped", 0),
+                "objects_verified": r.get("objects_verified", 0), "objects_repaired": r.get("objects_repaired", 0),
+                "seconds": round(r.get("seconds", 0.0), 3),
+                **{k: r[k] for k in ("hops", "registry", "job_id") if k in r}}
+
+
+class Center:
+    """Everything the coordinator knows and does, over one state DB and the platform config."""
+
+    def __init__(self, config: PlatformConfig, home: Path) -> None:
+        self.config = config
+        self.home = Path(home)
+        self.state = State(config.center.state_db)
+        self.central = ArtifactStore(config.center.store.url, config.center.store.options or None)
+        for site in config.sites:
+            self.state.put_site(site.name, site.model_dump(mode="json"), "config")
+        for row in self.state.sites():  # a site dropped from the platform file is gone
+            if row["origin"] == "config" and config.site(row["name"]) is None:
+                self.state.delete_site(row["name"])
+
+    @classmethod
+    def open(cls, home: Path | None = None, platform_file: Path | None = None) -> "Center":
+        """The center of `home`, with the platform file given (or in $ADCP_PLATFORM), else the one
+        `adcp up` recorded, else the default."""
+        home = Path(home or default_home()).resolve()
+        pointer = home / PLATFORM_POINTER
+        platform_file = platform_file or (Path(os.environ["ADCP_PLATFORM"]) if os.environ.get("ADCP_PLATFORM") else None)
+        if platform_file is None and pointer.exists():
+            platform_file = Path(pointer.read_text().strip())
+        return cls(load_platform(platform_file, home), home)
+
+    def remember_platform_file(self, path: Path | None) -> None:
+        pointer = self.home / PLATFORM_POINTER
+        self.home.mkdir(parents=True, exist_ok=True)
+        if path:
+            pointer.write_text(str(Path(path).resolve()))
+        elif pointer.exists():
+            pointer.unlink()
+
+    def close(self) -> None:
+        self.state.close()
+
+    # --- sites ------------------------------------------------------------------------------
+
+    def sites(self) -> list[SiteConfig]:
+        return [SiteConfig.model_validate(row["spec"]) for row in self.state.sites()]
+
+    def site(self, name: str) -> SiteConfig:
+        for s in self.sites():
+            if s.name == name:
+                return s
+        raise NotFoundError(f"No site named {name}.", allowed=", ".join(s.name for s in self.sites()) or "none yet",
+                            hint="Register one with `adcp site add`.")
+
+    def local_sites(self) -> list[SiteConfig]:
+        return [s for s in self.sites() if s.runtime is not None]
+
+    def add_site(self, name: str, *, dashboard: str, store: str, serve: str | None = None,
+                 metrics: str | None = None, registry: str | None = None, transfer: str = "push",
+                 token_file: str | None = None, labels: dict[str, str] | None = None,
+                 store_options: dict[str, Any] | None = None) -> SiteConfig:
+        if any(s.name == name for s in self.sites()):
+            raise InputError(f"A site named {name} is already registered.",
+                             hint=f"Remove it first with `adcp site remove {name}`.")
+        spec = {"name": name, "store": {"url": store, "options": store_options or {}}, "transfer": transfer, "registry": registry,
+                "labels": labels or {},
+                "gateway": {"kind": "direct", "dashboard": dashboard, "serve": serve, "metrics": metrics,
+                            "token_file": token_file}}
+        site = validate(SiteConfig, spec, f"site {name}")
+        self.state.put_site(site.name, site.model_dump(mode="json"), "added")
+        return site
+
+    def remove_site(self, name: str) -> None:
+        site = self.site(name)
+        if self.config.site(name) is not None:
+            raise InputError(f"Site {name} comes from the platform file; it cannot be removed here.",
+                             hint="Remove it from the platform file instead.")
+        self.state.delete_site(site.name)
+
+    def gateway(self, name: str) -> SiteGateway:
+        site = self.site(name)
+        if site.runtime is not None:
+            local = read_state(site.name, self.home)
+            if local is None or not local.is_running():
+                raise SiteError(f"Local site {name} is not running.", hint="Start it with `adcp up`.")
+            urls = {"dashboard": local.dashboard_url, "serve": local.serve_url, "metrics": local.metrics_url}
+            return gateway_for(site, local_urls=urls, token=local.token)
+        return gateway_for(site)
+
+    def store(self, name: str) -> ArtifactStore:
+        if name == CENTER:
+            return self.central
+        site = self.site(name)
+        return ArtifactStore(site.store.url, site.store.options or None)
+
+    def status(self, names: list[str] | None = None, timeout_s: float = 5) -> list[dict[str, Any]]:
+        """Each site's live status, read concurrently so a dead site does not delay the others."""
+        sites = [self.site(n) for n in names] if names else self.sites()
+
+        def one(site: SiteConfig) -> dict[str, Any]:
+            try:
+                info = site_status(self.gateway(site.name), timeout_s=timeout_s)
+            except AdcpError as e:
+                info = {"name": site.name, "reachable": False, "error": str(e)}
+            info.update(store=site.store.url, transfer=site.transfer, local=site.runtime is not None,
+                        gateway=site.gateway.kind, labels=site.labels, registry=site.registry)
+            return info
+
+        if not sites:
+            return []
+        with ThreadPoolExecutor(max_workers=min(16, len(sites))) as pool:
+            return list(pool.map(one, sites))
+
+    # --- artifacts --------------------------------------------------------------------------
+
+    def artifacts(self, where: str = CENTER, kind: str | None = None) -> list[dict[str, Any]]:
+        """Complete artifacts in the central store or a site's store."""
+        if where != CENTER and self.site(where).transfer == "pull":
+            return self._list_at_site(where, kind)
+        return [{"kind": m.kind, "name": m.name, "version": m.version, "bytes": m.total_bytes,
+                 "objects": len(m.objects), "created": m.created} for m in self.store(where).list(kind)]
+
+    def _list_at_site(self, name: str, kind: str | None) -> list[dict[str, Any]]:
+        site = self.site(name)
+        args = ["python", "-m", "data.transfer", "list", "--store", site.store.url]
+        if site.store.options:
+            args += ["--store-options", json.dumps(site.store.options)]
+        if kind:
+            args += ["--kind", kind]
+        return self._run_site_job(name, args, what=f"listing artifacts at {name}")["artifacts"]
+
+    # --- transfers --------------------------------------------------------------------------
+
+    def push(self, ref: str | ArtifactRef, to: list[str], *, source: str = CENTER, verify_existing: bool = False,
+             on_plan: Plan | None = None, on_progress: Progress | None = None) -> list[PushOutcome]:
+        """Copy an artifact from `source` (the center or a site) to each site in `to`, concurrently.
+
+        Per destination the direction is push (the center writes into the site's store), pull (a
+        Ray job at the site reads from the central store) or relay (through the central store,
+        when the center cannot reach both ends). Every transfer is recorded; a failure at one site
+        does not stop the others, and is raised after all have finished.
+        """
+        ref = ArtifactRef.parse(ref) if isinstance(ref, str) else ref
+        if not to:
+            raise InputError("No destination site given.", allowed=", ".join(s.name for s in self.sites()))
+        dests = [self.site(n) for n in dict.fromkeys(to)]
+        if source != CENTER:
+            self.site(source)
+        if source in {d.name for d in dests}:
+            raise InputError(f"{source} is both the source and a destination.")
+        if self._reachable(source):
+            ref = self.store(source).resolve(ref)  # one version for every destination
+        elif ref.version is None:
+            raise InputError(f"Give a version for {ref}: the center cannot read {source}'s store to find the latest.")
+        with ThreadPoolExecutor(max_workers=len(dests)) as pool:
+            futures = [pool.submit(self._push_one, ref, source, d, verify_existing, on_plan, on_progress) for d in dests]
+        outcomes, errors = [], []
+        for d, f in zip(dests, futures):
+            try:
+                outcomes.append(f.result())
+            except AdcpError as e:
+                errors.append(f"{d.name}: {e}")
+        if errors:
+            raise SiteError(f"Transfer of {ref} failed at {len(errors)} of {len(dests)} sites: " + "; ".join(errors),
+                            hint="Push again: objects already verified there are not sent twice.")
+        return outcomes
+
+    def _reachable(self, name: str) -> bool:
+        return name == CENTER or self.site(name).transfer == "push"
+
+    def _push_one(self, ref: ArtifactRef, source: str, dest: SiteConfig, verify_existing: bool,
+                  on_plan: Plan | None, on_progress: Progress | None) -> PushOutcome:
+        direct = self._reachable(source) and self._reachable(dest.name)
+        via_center = source == CENTER or direct
+        direction = ("push" if source == CENTER else "copy") if direct else ("pull" if via_center else "relay")
+        tid = self.state.start_transfer(str(ref), source, dest.name, direction)
+        try:
+            if direct:
+                result = self._copy(source, dest.name, ref, verify_existing, on_plan, on_progress)
+            elif via_center:
+                result = self._pull_job(dest.name, CENTER, ref, verify_existing)
+            else:
+                first = self._hop(source, CENTER, ref, verify_existing, None, None)
+                second = self._hop(CENTER, dest.name, ref, verify_existing, on_plan, on_progress)
+                result = {**second, "hops": [first, second],
+                          "seconds": first.get("seconds", 0) + second.get("seconds", 0)}
+            if ref.kind == "image" and dest.registry:
+                result["registry"] = self._to_registry(ref, dest)
+        except AdcpError as e:
+            self.state.finish_transfer(tid, error=str(e))
+            raise
+        except Exception as e:  # record anything unexpected, then let it surface
+            self.state.finish_transfer(tid, error=f"{type(e).__name__}: {e}")
+            raise
+        self.state.finish_transfer(tid, result=result)
+        return PushOutcome(dest.name, tid, direction, result)
+
+    def _to_registry(self, ref: ArtifactRef, dest: SiteConfig) -> dict[str, str]:
+        """Push an image artifact into the site's registry with skopeo, from the site's store when
+        the center can read it (else from the central copy, which holds the same verified bytes)."""
+        store = self.store(dest.name if self._reachable(dest.name) else CENTER)
+        repo, tag = f"adcp/{ref.name}", ref.version or "latest"
+        with tempfile.TemporaryDirectory(prefix="adcp-image-") as tmp:
+            archive = download_image(store, ref.name, ref.version, tmp)
+            digest = push_to_registry(archive, dest.registry, repo, tag)
+        return {"image": f"{dest.registry}/{repo}:{tag}", "digest": digest}
+
+    def _hop(self, src: str, dst: str, ref: ArtifactRef, verify_existing: bool,
+             on_plan: Plan | None, on_progress: Progress | None) -> dict[str, Any]:
+        if self._reachable(src) and self._reachable(dst):
+            return self._copy(src, dst, ref, verify_existing, on_plan, on_progress)
+        runner = dst if not self._reachable(dst) else src  # the site whose store only it can reach
+        return self._pull_job(runner, src if runner == dst else dst, ref, verify_existing, upload=runner == src)
+
+    def _copy(self, src: str, dst: str, ref: ArtifactRef, verify_existing: bool,
+              on_plan: Plan | None, on_progress: Progress | None) -> dict[str, Any]:
+        result = copy_artifact(
+            self.store(src), self.store(dst), ref, verify_existing=verify_existing,
+            on_plan=(lambda b, n: on_plan(dst, b, n)) if on_plan else None,
+            on_progress=(lambda b, n: on_progress(dst, b, n)) if on_progress else None,
+        )
+        return result.to_dict()
+
+    def _pull_job(self, site: str, other: str, ref: ArtifactRef, verify_existing: bool,
+                  upload: bool = False) -> dict[str, Any]:
+        """Run `python -m data.transfer` as a Ray job at `site`: it reads `other`'s store and writes
+        its own (pull), or with `upload` reads its own and writes `other`'s."""
+        here, there = self.site(site).store, (self.config.center.store if other == CENTER else self.site(other).store)
+        src, dst = (here, there) if upload else (there, here)
+        args = ["python", "-m", "data.transfer", "--src", src.url, "--dst", dst.url, "--ref", str(ref)]
+        if src.options:
+            args += ["--src-options", json.dumps(src.options)]
+        if dst.options:
+            args += ["--dst-options", json.dumps(dst.options)]
+        if verify_existing:
+            args.append("--verify-existing")
+        return self._run_site_job(site, args, what=f"{'upload' if upload else 'pull'} of {ref} at {site}")
+
+    def _run_site_job(self, site: str, args: list[str], *, what: str, timeout_s: float = 3600) -> dict[str, Any]:
+        """Submit a small Ray job at `site` through its gateway and return the JSON it printed on
+        its `ADCP_TRANSFER` line."""
+        code = bundle.publish(self.central)
+        client = self.gateway(site).job_client()
+        try:
+            job_id = client.submit_job(entrypoint=shlex.join(args), entrypoint_num_cpus=0,
+                                       runtime_env={"working_dir": code.uri}, metadata={"adcp": "transfer"})
+        except (RuntimeError, ConnectionError) as e:
+            raise JobError(f"Site {site} refused the {what} job: {e}") from e
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status = client.get_job_status(job_id)
+            if status.is_terminal():
+                break
+            if time.monotonic() > deadline:
+                client.stop_job(job_id)
+                raise JobError(f"The {what} job {job_id} did not finish in {timeout_s:.0f} s; stopped it.")
+            time.sleep(0.25)  # poll interval of a deadline-bounded wait
+        logs = client.get_job_logs(job_id)
+        line = next((ln for ln in reversed(logs.splitlines()) if ln.startswith(_TRANSFER_LINE)), None)
+        if status.value != "SUCCEEDED" or line is None:
+            tail = " | ".join(logs.strip().splitlines()[-3:])
+            raise JobError(f"The {what} job {job_id} {status.value}: {tail or 'no output'}", job_id=job_id)
+        return {**json.loads(line[len(_TRANSFER_LINE):]), "job_id": job_id}
+
+    def verify(self, ref: str | ArtifactRef, where: str, repair: bool = False) -> dict[str, Any]:
+        """Rehash every object of an artifact at `where`; with `repair`, re-copy bad ones from the center."""
+        ref = ArtifactRef.parse(ref) if isinstance(ref, str) else ref
+        if not self._reachable(where):  # a pull site verifies by pulling again with every object rehashed
+            result = self._pull_job(where, CENTER, ref, verify_existing=True)
+            return {"site": where, "ref": str(ref), "ok": True, "repaired": result.get("objects_repaired", 0)}
+        outcome = self.store(where).verify(ref, repair_from=self.central if repair and where != CENTER else None)
+        return {"site": where, "ref": outcome.ref, "ok": outcome.ok, "objects_checked": outcome.objects_checked,
+                "bad": outcome.bad, "repaired": outcome.repaired}
+
+    def transfers(self, limit: int = 50) -> list[dict[str, Any]]:
+        return self.state.transfers(limit)
+
+    def transfer(self, transfer_id: str) -> dict[str, Any]:
+        rows = self.state.transfers(transfer_id=transfer_id)
+        if not rows:
+            raise NotFoundError(f"No transfer {transfer_id}.", hint="List them with `adcp transfers`.")
+        return rows[0]
+
