@@ -60,6 +60,12 @@ def read_token(home: Path) -> str:
         raise NotFoundError("The coordinator has no API token yet.", hint="Run `adcp up` first.") from None
 
 
+@dataclass(frozen=True)
+class _Options:
+    verify_existing: bool = False
+    max_mbps: float | None = None
+
+
 @dataclass
 class PushOutcome:
     site: str
@@ -205,14 +211,19 @@ class Center:
     # --- transfers --------------------------------------------------------------------------
 
     def push(self, ref: str | ArtifactRef, to: list[str], *, source: str = CENTER, verify_existing: bool = False,
-             on_plan: Plan | None = None, on_progress: Progress | None = None) -> list[PushOutcome]:
+             max_mbps: float | None = None, on_plan: Plan | None = None,
+             on_progress: Progress | None = None) -> list[PushOutcome]:
         """Copy an artifact from `source` (the center or a site) to each site in `to`, concurrently.
 
         Per destination the direction is push (the center writes into the site's store), pull (a
         Ray job at the site reads from the central store) or relay (through the central store,
         when the center cannot reach both ends). Every transfer is recorded; a failure at one site
-        does not stop the others, and is raised after all have finished.
+        does not stop the others, and is raised after all have finished. `max_mbps` caps each
+        destination's bandwidth (MB/s), for links the factory shares with production traffic.
         """
+        if max_mbps is not None and max_mbps <= 0:
+            raise InputError(f"Got {max_mbps} for the bandwidth cap.", allowed="a positive number of MB/s")
+        opts = _Options(verify_existing, max_mbps)
         ref = ArtifactRef.parse(ref) if isinstance(ref, str) else ref
         if not to:
             raise InputError("No destination site given.", allowed=", ".join(s.name for s in self.sites()))
@@ -226,7 +237,7 @@ class Center:
         elif ref.version is None:
             raise InputError(f"Give a version for {ref}: the center cannot read {source}'s store to find the latest.")
         with ThreadPoolExecutor(max_workers=len(dests)) as pool:
-            futures = [pool.submit(self._push_one, ref, source, d, verify_existing, on_plan, on_progress) for d in dests]
+            futures = [pool.submit(self._push_one, ref, source, d, opts, on_plan, on_progress) for d in dests]
         outcomes, errors = [], []
         for d, f in zip(dests, futures):
             try:
@@ -241,7 +252,7 @@ class Center:
     def _reachable(self, name: str) -> bool:
         return name == CENTER or self.site(name).transfer == "push"
 
-    def _push_one(self, ref: ArtifactRef, source: str, dest: SiteConfig, verify_existing: bool,
+    def _push_one(self, ref: ArtifactRef, source: str, dest: SiteConfig, opts: _Options,
                   on_plan: Plan | None, on_progress: Progress | None) -> PushOutcome:
         direct = self._reachable(source) and self._reachable(dest.name)
         via_center = source == CENTER or direct
@@ -249,12 +260,12 @@ class Center:
         tid = self.state.start_transfer(str(ref), source, dest.name, direction)
         try:
             if direct:
-                result = self._copy(source, dest.name, ref, verify_existing, on_plan, on_progress)
+                result = self._copy(source, dest.name, ref, opts, on_plan, on_progress)
             elif via_center:
-                result = self._pull_job(dest.name, CENTER, ref, verify_existing)
+                result = self._pull_job(dest.name, CENTER, ref, opts)
             else:
-                first = self._hop(source, CENTER, ref, verify_existing, None, None)
-                second = self._hop(CENTER, dest.name, ref, verify_existing, on_plan, on_progress)
+                first = self._hop(source, CENTER, ref, opts, None, None)
+                second = self._hop(CENTER, dest.name, ref, opts, on_plan, on_progress)
                 result = {**second, "hops": [first, second],
                           "seconds": first.get("seconds", 0) + second.get("seconds", 0)}
             if ref.kind == "image" and dest.registry:
@@ -278,23 +289,24 @@ class Center:
             digest = push_to_registry(archive, dest.registry, repo, tag)
         return {"image": f"{dest.registry}/{repo}:{tag}", "digest": digest}
 
-    def _hop(self, src: str, dst: str, ref: ArtifactRef, verify_existing: bool,
+    def _hop(self, src: str, dst: str, ref: ArtifactRef, opts: _Options,
              on_plan: Plan | None, on_progress: Progress | None) -> dict[str, Any]:
         if self._reachable(src) and self._reachable(dst):
-            return self._copy(src, dst, ref, verify_existing, on_plan, on_progress)
+            return self._copy(src, dst, ref, opts, on_plan, on_progress)
         runner = dst if not self._reachable(dst) else src  # the site whose store only it can reach
-        return self._pull_job(runner, src if runner == dst else dst, ref, verify_existing, upload=runner == src)
+        return self._pull_job(runner, src if runner == dst else dst, ref, opts, upload=runner == src)
 
-    def _copy(self, src: str, dst: str, ref: ArtifactRef, verify_existing: bool,
+    def _copy(self, src: str, dst: str, ref: ArtifactRef, opts: _Options,
               on_plan: Plan | None, on_progress: Progress | None) -> dict[str, Any]:
         result = copy_artifact(
-            self.store(src), self.store(dst), ref, verify_existing=verify_existing,
+            self.store(src), self.store(dst), ref, verify_existing=opts.verify_existing,
+            max_bytes_per_s=opts.max_mbps * 1e6 if opts.max_mbps else None,
             on_plan=(lambda b, n: on_plan(dst, b, n)) if on_plan else None,
             on_progress=(lambda b, n: on_progress(dst, b, n)) if on_progress else None,
         )
         return result.to_dict()
 
-    def _pull_job(self, site: str, other: str, ref: ArtifactRef, verify_existing: bool,
+    def _pull_job(self, site: str, other: str, ref: ArtifactRef, opts: _Options,
                   upload: bool = False) -> dict[str, Any]:
         """Run `python -m data.transfer` as a Ray job at `site`: it reads `other`'s store and writes
         its own (pull), or with `upload` reads its own and writes `other`'s."""
@@ -305,8 +317,10 @@ class Center:
             args += ["--src-options", json.dumps(src.options)]
         if dst.options:
             args += ["--dst-options", json.dumps(dst.options)]
-        if verify_existing:
+        if opts.verify_existing:
             args.append("--verify-existing")
+        if opts.max_mbps:
+            args += ["--max-mbps", str(opts.max_mbps)]
         return self._run_site_job(site, args, what=f"{'upload' if upload else 'pull'} of {ref} at {site}")
 
     def _run_site_job(self, site: str, args: list[str], *, what: str, timeout_s: float = 3600) -> dict[str, Any]:
@@ -339,13 +353,14 @@ class Center:
         """Rehash every object of an artifact at `where`; with `repair`, re-copy bad ones from the center."""
         ref = ArtifactRef.parse(ref) if isinstance(ref, str) else ref
         if not self._reachable(where):  # a pull site verifies by pulling again with every object rehashed
-            result = self._pull_job(where, CENTER, ref, verify_existing=True)
+            result = self._pull_job(where, CENTER, ref, _Options(verify_existing=True))
             return {"site": where, "ref": str(ref), "ok": True, "repaired": result.get("objects_repaired", 0)}
         outcome = self.store(where).verify(ref, repair_from=self.central if repair and where != CENTER else None)
         return {"site": where, "ref": outcome.ref, "ok": outcome.ok, "objects_checked": outcome.objects_checked,
                 "bad": outcome.bad, "repaired": outcome.repaired}
 
     def transfers(self, limit: int = 50) -> list[dict[str, Any]]:
+        self.state.fail_orphaned_transfers()  # a push whose process was killed is over
         return self.state.transfers(limit)
 
     def transfer(self, transfer_id: str) -> dict[str, Any]:

@@ -180,9 +180,11 @@ def platform_status(ctx: Context, as_json: bool) -> None:
 @click.option("--to", "to", required=True, help="Destination sites, comma-separated.")
 @click.option("--from", "source", default=CENTER, show_default=True, help="'center' or a site name.")
 @click.option("--verify-existing", is_flag=True, help="Rehash objects already at the destination too.")
+@click.option("--max-mbps", type=float, default=None, help="Bandwidth cap per destination, MB/s.")
 @_json_option
 @pass_ctx
-def push(ctx: Context, artifact: str, to: str, source: str, verify_existing: bool, as_json: bool) -> None:
+def push(ctx: Context, artifact: str, to: str, source: str, verify_existing: bool, max_mbps: float | None,
+         as_json: bool) -> None:
     """Copy KIND/NAME[@VERSION] to sites: verified, resumable, sending only what is missing."""
     sites = [s.strip() for s in to.split(",") if s.strip()]
     with transfer_progress(err_console) as bar:
@@ -197,7 +199,7 @@ def push(ctx: Context, artifact: str, to: str, source: str, verify_existing: boo
             bar.update(task, advance=nbytes, n=n, objects=f"{n}/{bar.tasks[task].fields['of']}")
 
         outcomes = ctx.center.push(artifact, sites, source=source, verify_existing=verify_existing,
-                                   on_plan=plan, on_progress=advance)
+                                   max_mbps=max_mbps, on_plan=plan, on_progress=advance)
     rows = [o.to_dict() for o in outcomes]
     if as_json:
         return _print_json(rows)

@@ -198,3 +198,45 @@ def test_image_push_lands_in_the_site_registry(home, tmp_path, capsys, registry_
     back = pull_from_registry(registry_server.address, "adcp/operator", ref.version, tmp_path / "back.tar")
     assert [la.digest for la in inspect_archive(back).layers] == [la.digest for la in inspect_archive(archive).layers]
     assert read_layer_files(back)["app/run.py"] == b"print('adc operator')\n"
+
+
+def test_killed_push_shows_no_half_artifact_and_resumes_with_the_rest(home, tmp_path, capsys):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.waiting import wait_for
+
+    assert _cli(capsys, "site", "add", "fab-x", "--dashboard", "http://127.0.0.1:9", "--store",
+                str(tmp_path / "fab-x-store"))[0] == 0
+    center = Center.open(home)
+    ref = _artifact(center.central, files=24, size=1_000_000)
+    objects = tmp_path / "fab-x-store" / "objects"
+
+    def landed() -> list[Path]:
+        return [p for p in objects.glob("*/*") if ".part-" not in p.name] if objects.exists() else []
+
+    cmd = [sys.executable, "-m", "coordinator.cli", "--home", str(home), "push", str(ref), "--to", "fab-x",
+           "--max-mbps", "6", "--json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy())
+    try:
+        wait_for(lambda: len(landed()) >= 4, 60, "some objects to land at fab-x")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    done = landed()
+    assert 4 <= len(done) < 24
+    assert center.store("fab-x").list() == []  # no manifest, so no artifact
+    code, out, _ = _cli(capsys, "artifacts", "--site", "fab-x", "--json")
+    assert json.loads(out) == []
+    code, out, _ = _cli(capsys, "transfers", "--json")
+    assert [r["status"] for r in json.loads(out)] == ["failed"]  # its process is gone
+
+    code, out, err = _cli(capsys, "push", str(ref), "--to", "fab-x", "--json")
+    assert code == 0, err
+    r = json.loads(out)[0]
+    landed_bytes = sum(p.stat().st_size for p in done)
+    assert r["objects_skipped"] == len(done) and r["bytes_skipped"] == landed_bytes
+    assert r["bytes_sent"] == center.central.manifest(ref).total_bytes - landed_bytes
+    assert center.store("fab-x").verify(ref).ok
