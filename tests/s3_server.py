@@ -12,6 +12,7 @@ process group is killed by pid at teardown.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -89,7 +90,6 @@ class S3Server:
         return s3fs.S3FileSystem(skip_instance_cache=True, **self.storage_options)
 
     def start(self, timeout_s: float = 60.0) -> S3Server:
-        os.environ.setdefault("AWS_DEFAULT_REGION", REGION)
         self.workdir = Path(tempfile.mkdtemp(prefix="adcp-weed-"))
         (self.workdir / "data").mkdir()
         config = {
@@ -155,15 +155,11 @@ class S3Server:
         return ok
 
     def stop(self) -> None:
+        # A test server keeps nothing worth a graceful stop (that takes SeaweedFS ~10 s).
         if self.proc is not None and self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-            except ProcessLookupError:
-                pass
+            self.proc.wait(timeout=30)
         self.proc = None
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
@@ -176,8 +172,33 @@ class S3Server:
         self.stop()
 
 
+_shared: S3Server | None = None
+_users = 0
+
+
 @pytest.fixture(scope="session")
 def s3_server():
-    """One SeaweedFS S3 server for the whole session; use `s3_server.url()` for a fresh prefix."""
-    with S3Server() as server:
-        yield server
+    """One SeaweedFS S3 server for the whole session, shared by every module that imports this
+    fixture; use `s3_server.url()` for a fresh prefix and `s3_server.storage_options`."""
+    global _shared, _users
+    if _shared is None:
+        _shared = S3Server().start()
+    _users += 1
+    try:
+        yield _shared
+    finally:
+        _users -= 1
+        if _users == 0:
+            _shared.stop()
+            _shared = None
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """`s3_server`, and plain `fsspec.open("s3://...")` calls (readers that take only a URL,
+    such as `open_dataset`) reaching it: its options become fsspec's defaults for s3."""
+    import fsspec
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setitem(fsspec.config.conf, "s3", s3_server.storage_options)
+    return s3_server
