@@ -468,7 +468,7 @@ class ArtifactStore:
         path = self.path(self.manifest_key(ref))
         if self.fs.exists(path):
             existing = self._parse(self.fs.cat_file(path), ref)
-            _same_content(existing, manifest, self.url)
+            require_same_content(existing, manifest, self.url)
             return
         blob = manifest.dumps()
         if self.protocol in ("s3", "s3a", "gcs", "gs"):
@@ -533,7 +533,7 @@ class ArtifactStore:
             version = self.next_version(kind, name)
         elif version in self.versions(kind, name):
             existing = self.manifest(ArtifactRef(kind, name, version))
-            _same_content(existing, Manifest(kind, name, version, entries), self.url)
+            require_same_content(existing, Manifest(kind, name, version, entries), self.url)
             return existing
         manifest = Manifest(kind, name, version, entries, meta, _now())
         paths = {e.path: p for (_, p, _), e in zip(files, entries)}
@@ -587,7 +587,8 @@ class ArtifactStore:
         return dest
 
 
-def _same_content(existing: Manifest, new: Manifest, where: str) -> None:
+def require_same_content(existing: Manifest, new: Manifest, where: str) -> None:
+    """IntegrityError unless both manifests list the same files with the same content."""
     if sorted(existing.objects, key=lambda o: o.path) != sorted(new.objects, key=lambda o: o.path):
         raise IntegrityError(
             f"{existing.ref} already exists in {where} with other content; artifacts are immutable.",

@@ -44,7 +44,7 @@ from data.artifacts import (
     ArtifactRef,
     ArtifactStore,
     ObjectEntry,
-    _same_content,
+    require_same_content,
     fs_digest,
     is_local,
     local_digest,
@@ -473,7 +473,7 @@ class _Engine:
         if isinstance(e, FileNotFoundError):
             return NotFoundError(
                 f"{entry.path} (object {entry.key}) could not be copied to {self.dst.url}: {e}.",
-                hint="The source store lacks this object: verify the artifact there with a repair store.",
+                hint="When the source store lacks it, verify the artifact there with a repair store.",
             )
         if isinstance(e, PermissionError):
             return TransferError(
@@ -573,7 +573,7 @@ def copy_artifact(
     ref = manifest.ref
     existing = dst.manifest(ref) if dst.exists(ref) else None
     if existing is not None:
-        _same_content(existing, manifest, dst.url)
+        require_same_content(existing, manifest, dst.url)
     unique = manifest.unique_objects()
     if on_plan is not None:
         on_plan(sum(e.size for e in unique), len(unique))
