@@ -164,7 +164,7 @@ def bench_model(args, root: Path, server) -> dict:
 def table(report: dict) -> str:
     total_mb = report["artifact"]["total_mb"]
     lines = [
-        f"| figure | copy_artifact | baseline | ratio (baseline/ours; target) |",
+        "| figure | copy_artifact | baseline | ratio (baseline/ours; target) |",
         "|---|---|---|---|",
     ]
     a = report["local_to_local"]

@@ -44,10 +44,10 @@ from data.artifacts import (
     ArtifactRef,
     ArtifactStore,
     ObjectEntry,
-    require_same_content,
     fs_digest,
     is_local,
     local_digest,
+    require_same_content,
 )
 
 __all__ = ["Job", "TransferError", "TransferResult", "copy_artifact", "main", "send_objects"]
