@@ -319,7 +319,6 @@ class ArtifactStore:
         self.root = root.rstrip("/")
         self.local = is_local(self.fs)
         self.protocol = _protocol(self.fs)
-        self._checksum_mode: bool | None = None  # set by data.transfer on first S3 write
 
     def __repr__(self) -> str:
         return f"ArtifactStore({self.url!r})"
@@ -405,10 +404,13 @@ class ArtifactStore:
         )
 
     def manifest(self, ref: ArtifactRef) -> Manifest:
-        ref = self.resolve(ref)
+        """The manifest of `ref` (of its latest version when it names none); NotFoundError."""
+        if ref.version is None:
+            ref = self.resolve(ref)
         try:
             raw = self.fs.cat_file(self.path(self.manifest_key(ref)))
         except FileNotFoundError as e:
+            self.resolve(ref)  # raises NotFoundError listing the versions there
             raise NotFoundError(f"{ref} was deleted from {self.url} while being read.") from e
         return self._parse(raw, ref)
 
@@ -427,11 +429,10 @@ class ArtifactStore:
         return manifest
 
     def exists(self, ref: ArtifactRef) -> bool:
-        try:
-            self.resolve(ref)
-            return True
-        except NotFoundError:
-            return False
+        """Whether `ref` (any version of it when it names none) is complete in this store."""
+        if ref.version is not None:
+            return self.fs.exists(self.path(self.manifest_key(ref)))
+        return bool(self.versions(ref.kind, ref.name))
 
     def list(self, kind: str | None = None) -> list[Manifest]:
         """Every complete artifact (one that has a manifest), by kind, name and version."""

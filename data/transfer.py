@@ -270,12 +270,12 @@ def _s3_checks_sha256(dst: ArtifactStore) -> bool:
         key = "/".join(p for p in (prefix, f"objects/.probe-{uuid.uuid4().hex[:12]}") if p)
         try:
             reply = dst.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=blob, ChecksumSHA256=digest)
-            ok = reply.get("ChecksumSHA256") == digest
-        except OSError:
-            ok = False
+        except Exception:  # noqa: BLE001 - no answer now: the safe path, and ask again next time
+            return False
         finally:
             with suppress(Exception):
                 dst.fs.call_s3("delete_object", Bucket=bucket, Key=key)
+        ok = reply.get("ChecksumSHA256") == digest
         _CHECKSUM_SERVERS[cache_key] = ok
         return ok
 
@@ -459,7 +459,10 @@ class _Engine:
                 last = e
             except Exception as e:
                 if not _transient(e):
-                    raise self._permanent(job, e) from e
+                    mapped = self._permanent(job, e)
+                    if mapped is e:
+                        raise
+                    raise mapped from e
                 last = e
             self._progress(-reported, 0)  # the failed attempt's bytes are sent again
             if attempt < self.retries and _wait(self.stop, min(MAX_BACKOFF_S, self.backoff_s * 2**attempt)):
