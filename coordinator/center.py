@@ -31,7 +31,8 @@ from raycluster.local import read_state
 
 CENTER = "center"
 PLATFORM_POINTER = "platform.path"  # in home: the platform file `adcp up` was given
-_TRANSFER_LINE = "ADCP_TRANSFER "
+_TRANSFER_LINE = "ADCP_TRANSFER "  # what `python -m data.transfer` prints at a site
+_ARTIFACTS_LINE = "ADCP_ARTIFACTS "
 
 Progress = Callable[[str, int, int], None]  # (site, bytes_delta, objects_delta)
 Plan = Callable[[str, int, int], None]  # (site, total_bytes, total_objects)
@@ -206,7 +207,7 @@ class Center:
             args += ["--store-options", json.dumps(site.store.options)]
         if kind:
             args += ["--kind", kind]
-        return self._run_site_job(name, args, what=f"listing artifacts at {name}")["artifacts"]
+        return self._run_site_job(name, args, what=f"listing artifacts at {name}", marker=_ARTIFACTS_LINE)["artifacts"]
 
     # --- transfers --------------------------------------------------------------------------
 
@@ -323,9 +324,10 @@ class Center:
             args += ["--max-mbps", str(opts.max_mbps)]
         return self._run_site_job(site, args, what=f"{'upload' if upload else 'pull'} of {ref} at {site}")
 
-    def _run_site_job(self, site: str, args: list[str], *, what: str, timeout_s: float = 3600) -> dict[str, Any]:
+    def _run_site_job(self, site: str, args: list[str], *, what: str, marker: str = _TRANSFER_LINE,
+                      timeout_s: float = 3600) -> dict[str, Any]:
         """Submit a small Ray job at `site` through its gateway and return the JSON it printed on
-        its `ADCP_TRANSFER` line."""
+        its `marker` line."""
         code = bundle.publish(self.central)
         client = self.gateway(site).job_client()
         try:
@@ -343,11 +345,11 @@ class Center:
                 raise JobError(f"The {what} job {job_id} did not finish in {timeout_s:.0f} s; stopped it.")
             time.sleep(0.25)  # poll interval of a deadline-bounded wait
         logs = client.get_job_logs(job_id)
-        line = next((ln for ln in reversed(logs.splitlines()) if ln.startswith(_TRANSFER_LINE)), None)
+        line = next((ln for ln in reversed(logs.splitlines()) if ln.startswith(marker)), None)
         if status.value != "SUCCEEDED" or line is None:
             tail = " | ".join(logs.strip().splitlines()[-3:])
             raise JobError(f"The {what} job {job_id} {status.value}: {tail or 'no output'}", job_id=job_id)
-        return {**json.loads(line[len(_TRANSFER_LINE):]), "job_id": job_id}
+        return {**json.loads(line[len(marker):]), "job_id": job_id}
 
     def verify(self, ref: str | ArtifactRef, where: str, repair: bool = False) -> dict[str, Any]:
         """Rehash every object of an artifact at `where`; with `repair`, re-copy bad ones from the center."""

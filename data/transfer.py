@@ -616,7 +616,29 @@ def _options(text: str | None, flag: str) -> dict:
     return value
 
 
+def list_main(argv: list[str]) -> int:
+    """`python -m data.transfer list --store URL [--kind KIND]`: the complete artifacts of a store,
+    printed as one `ADCP_ARTIFACTS <json>` line (what a pull-mode site's job reports to the center)."""
+    p = argparse.ArgumentParser(prog="python -m data.transfer list", description="List complete artifacts.")
+    p.add_argument("--store", required=True, help="store URL")
+    p.add_argument("--store-options", help="fsspec storage options (JSON object)")
+    p.add_argument("--kind", default=None, help="only this kind")
+    args = p.parse_args(argv)
+    try:
+        store = ArtifactStore(args.store, _options(args.store_options, "--store-options"))
+        rows = [{"kind": m.kind, "name": m.name, "version": m.version, "bytes": m.total_bytes,
+                 "objects": len(m.objects), "created": m.created} for m in store.list(args.kind)]
+    except AdcpError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print("ADCP_ARTIFACTS " + json.dumps({"artifacts": rows}, sort_keys=True), flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["list"]:
+        return list_main(argv[1:])
     p = argparse.ArgumentParser(
         prog="python -m data.transfer", description="Copy one artifact between stores."
     )
