@@ -37,6 +37,11 @@ class TrainConfig(_Strict):
         description="fsspec URL for Ray Train checkpoints; default: `<output>-checkpoints`. "
         "Re-running with the same storage path resumes from the latest checkpoint.",
     )
+    run_name: str | None = Field(
+        None,
+        description="Ray Train run name under storage_path (default: the last part of output). "
+        "A run that already has checkpoints there continues from the latest one.",
+    )
     image_size: int = Field(64, ge=32, le=512, description="Model input side in pixels.")
     classes: list[str] | None = Field(
         None, description="Class list; default: the classes in the dataset manifest."
@@ -71,6 +76,11 @@ class TrainConfig(_Strict):
     seed: int = Field(0, ge=0)
     site: str = Field("local", description="Site that runs the job (recorded in lineage).")
     code_version: str | None = Field(None, description="Code version recorded in lineage.")
+
+    @property
+    def run(self) -> str:
+        """The Ray Train run name under the checkpoint path."""
+        return self.run_name or self.output.rstrip("/").rsplit("/", 1)[-1] or "adc"
 
     @property
     def checkpoint_path(self) -> str:

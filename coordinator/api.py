@@ -6,10 +6,12 @@ OpenAPI docs are at /docs and /openapi.json (they describe the API and hold no d
 
 from __future__ import annotations
 
+import logging
 import secrets
+import threading
 from typing import Any, Literal
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -17,10 +19,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from configs.errors import AdcpError, InputError
-from coordinator.center import CENTER, Center
+from coordinator.center import CENTER, Center, PushPlan
 from data.artifacts import KINDS
 
 API_VERSION = "v1"
+log = logging.getLogger("adcp.coordinator")
 
 
 class SiteIn(BaseModel):
@@ -42,6 +45,16 @@ class TransferIn(BaseModel):
     to: list[str] = Field(..., min_length=1, description="Destination sites")
     source: str = Field(CENTER, description="'center' or a site name")
     verify_existing: bool = False
+    max_mbps: float | None = Field(None, gt=0, description="Bandwidth cap per destination, MB/s")
+
+
+def _run_logged(center: Center, plan: PushPlan) -> None:
+    try:
+        center.run_push(plan)
+    except AdcpError:
+        pass  # already recorded on each failed transfer
+    except Exception:  # our bug: record it in the server log; the transfer record has it too
+        log.exception("push %s failed", plan.ref)
 
 
 def create_app(center: Center, token: str) -> FastAPI:
@@ -108,10 +121,18 @@ def create_app(center: Center, token: str) -> FastAPI:
             raise InputError(f'Got "{kind}" for kind.', allowed=", ".join(KINDS))
         return center.artifacts(site, kind)
 
-    @app.post(f"/api/{API_VERSION}/transfers", dependencies=auth)
-    def create_transfer(body: TransferIn) -> dict[str, Any]:
-        outcomes = center.push(body.artifact, body.to, source=body.source, verify_existing=body.verify_existing)
-        return {"results": [o.to_dict() for o in outcomes]}
+    @app.post(f"/api/{API_VERSION}/transfers", dependencies=auth, status_code=202)
+    def create_transfer(body: TransferIn, response: Response,
+                        wait: bool = Query(False, description="Answer when every transfer has finished")) -> dict[str, Any]:
+        """Start a push; 202 with one transfer id per site (follow them at /transfers/{id}), or
+        with `wait=true` 200 with the results."""
+        plan = center.plan_push(body.artifact, body.to, source=body.source, verify_existing=body.verify_existing,
+                                max_mbps=body.max_mbps)
+        if wait:
+            response.status_code = 200
+            return {**plan.to_dict(), "results": [o.to_dict() for o in center.run_push(plan)]}
+        threading.Thread(target=_run_logged, args=(center, plan), daemon=True, name="push").start()
+        return plan.to_dict()
 
     @app.get(f"/api/{API_VERSION}/transfers", dependencies=auth)
     def list_transfers(limit: int = Query(50, ge=1, le=1000)) -> list[dict[str, Any]]:

@@ -67,6 +67,26 @@ class _Options:
     max_mbps: float | None = None
 
 
+@dataclass(frozen=True)
+class _Leg:
+    site: SiteConfig
+    direction: str  # push | copy | pull | relay
+    transfer_id: str
+
+
+@dataclass(frozen=True)
+class PushPlan:
+    ref: ArtifactRef
+    source: str
+    legs: list[_Leg]
+    options: _Options
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ref": str(self.ref), "source": self.source,
+                "transfers": [{"site": leg.site.name, "direction": leg.direction, "transfer_id": leg.transfer_id}
+                              for leg in self.legs]}
+
+
 @dataclass
 class PushOutcome:
     site: str
@@ -222,9 +242,14 @@ class Center:
         does not stop the others, and is raised after all have finished. `max_mbps` caps each
         destination's bandwidth (MB/s), for links the factory shares with production traffic.
         """
+        return self.run_push(self.plan_push(ref, to, source=source, verify_existing=verify_existing,
+                                            max_mbps=max_mbps), on_plan=on_plan, on_progress=on_progress)
+
+    def plan_push(self, ref: str | ArtifactRef, to: list[str], *, source: str = CENTER,
+                  verify_existing: bool = False, max_mbps: float | None = None) -> PushPlan:
+        """Check a push and record one 'running' transfer per destination (nothing is sent yet)."""
         if max_mbps is not None and max_mbps <= 0:
             raise InputError(f"Got {max_mbps} for the bandwidth cap.", allowed="a positive number of MB/s")
-        opts = _Options(verify_existing, max_mbps)
         ref = ArtifactRef.parse(ref) if isinstance(ref, str) else ref
         if not to:
             raise InputError("No destination site given.", allowed=", ".join(s.name for s in self.sites()))
@@ -237,32 +262,40 @@ class Center:
             ref = self.store(source).resolve(ref)  # one version for every destination
         elif ref.version is None:
             raise InputError(f"Give a version for {ref}: the center cannot read {source}'s store to find the latest.")
-        with ThreadPoolExecutor(max_workers=len(dests)) as pool:
-            futures = [pool.submit(self._push_one, ref, source, d, opts, on_plan, on_progress) for d in dests]
+        legs = []
+        for d in dests:
+            direct = self._reachable(source) and self._reachable(d.name)
+            direction = ("push" if source == CENTER else "copy") if direct else (
+                "pull" if source == CENTER else "relay")
+            legs.append(_Leg(d, direction, self.state.start_transfer(str(ref), source, d.name, direction)))
+        return PushPlan(ref, source, legs, _Options(verify_existing, max_mbps))
+
+    def run_push(self, plan: PushPlan, *, on_plan: Plan | None = None,
+                 on_progress: Progress | None = None) -> list[PushOutcome]:
+        """Carry out a planned push, every destination at once; finishes each transfer record."""
+        with ThreadPoolExecutor(max_workers=len(plan.legs)) as pool:
+            futures = [pool.submit(self._push_one, plan, leg, on_plan, on_progress) for leg in plan.legs]
         outcomes, errors = [], []
-        for d, f in zip(dests, futures):
+        for leg, f in zip(plan.legs, futures):
             try:
                 outcomes.append(f.result())
             except AdcpError as e:
-                errors.append(f"{d.name}: {e}")
+                errors.append(f"{leg.site.name}: {e}")
         if errors:
-            raise SiteError(f"Transfer of {ref} failed at {len(errors)} of {len(dests)} sites: " + "; ".join(errors),
+            raise SiteError(f"Transfer of {plan.ref} failed at {len(errors)} of {len(plan.legs)} sites: "
+                            + "; ".join(errors),
                             hint="Push again: objects already verified there are not sent twice.")
         return outcomes
 
     def _reachable(self, name: str) -> bool:
         return name == CENTER or self.site(name).transfer == "push"
 
-    def _push_one(self, ref: ArtifactRef, source: str, dest: SiteConfig, opts: _Options,
-                  on_plan: Plan | None, on_progress: Progress | None) -> PushOutcome:
-        direct = self._reachable(source) and self._reachable(dest.name)
-        via_center = source == CENTER or direct
-        direction = ("push" if source == CENTER else "copy") if direct else ("pull" if via_center else "relay")
-        tid = self.state.start_transfer(str(ref), source, dest.name, direction)
+    def _push_one(self, plan: PushPlan, leg: _Leg, on_plan: Plan | None, on_progress: Progress | None) -> PushOutcome:
+        ref, source, dest, opts = plan.ref, plan.source, leg.site, plan.options
         try:
-            if direct:
+            if leg.direction in ("push", "copy"):
                 result = self._copy(source, dest.name, ref, opts, on_plan, on_progress)
-            elif via_center:
+            elif leg.direction == "pull":
                 result = self._pull_job(dest.name, CENTER, ref, opts)
             else:
                 first = self._hop(source, CENTER, ref, opts, None, None)
@@ -272,13 +305,13 @@ class Center:
             if ref.kind == "image" and dest.registry:
                 result["registry"] = self._to_registry(ref, dest)
         except AdcpError as e:
-            self.state.finish_transfer(tid, error=str(e))
+            self.state.finish_transfer(leg.transfer_id, error=str(e))
             raise
         except Exception as e:  # record anything unexpected, then let it surface
-            self.state.finish_transfer(tid, error=f"{type(e).__name__}: {e}")
+            self.state.finish_transfer(leg.transfer_id, error=f"{type(e).__name__}: {e}")
             raise
-        self.state.finish_transfer(tid, result=result)
-        return PushOutcome(dest.name, tid, direction, result)
+        self.state.finish_transfer(leg.transfer_id, result=result)
+        return PushOutcome(dest.name, leg.transfer_id, leg.direction, result)
 
     def _to_registry(self, ref: ArtifactRef, dest: SiteConfig) -> dict[str, str]:
         """Push an image artifact into the site's registry with skopeo, from the site's store when

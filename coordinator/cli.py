@@ -386,7 +386,8 @@ def site_status(ctx: Context, as_json: bool) -> None:
 @click.option("--workers", "num_workers", type=int, default=None, help="Ray Train workers.")
 @click.option("--use-gpu", is_flag=True, default=None, help="One GPU per worker.")
 @click.option("--model-name", default=None)
-@click.option("--model-version", default=None, help="Re-using a version resumes from its checkpoints.")
+@click.option("--model-version", default=None, help="Version to publish (default: a UTC timestamp).")
+@click.option("--resume-from", default=None, help="Continue from the checkpoints of this earlier run (a model version).")
 @click.option("--timeout", "timeout_s", type=float, default=3600, show_default=True, help="Seconds.")
 @_json_option
 @pass_ctx

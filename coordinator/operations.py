@@ -98,11 +98,18 @@ def train(
     options = dict(options or {})
     model_name = options.pop("model_name", None) or f"adc-{name}"
     model_version = options.pop("model_version", None) or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    resume_from = options.pop("resume_from", None)
+    if model_version in ws.versions("model", model_name):
+        raise InputError(f"Model {model_name}@{model_version} already exists; published models never change.",
+                         hint="Leave --model-version out for a new one, and use --resume-from VERSION to "
+                         "continue training from that version's checkpoints.")
+    run = resume_from or model_version
     code = bundle.publish(ws.artifacts)
     cfg = defaults.train_config(
         dataset=dataset_url,
         output=ws.url("work", "models", model_name, model_version),
-        storage_path=ws.url("checkpoints", f"{model_name}-{model_version}"),
+        storage_path=ws.url("checkpoints", model_name),
+        run_name=run,
         model_name=model_name,
         model_version=model_version,
         site=site.name,

@@ -41,6 +41,32 @@ CREATE TABLE IF NOT EXISTS transfers (
     finished_at TEXT
 );
 CREATE INDEX IF NOT EXISTS transfers_started ON transfers (started_at);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,          -- train | tune
+    origin TEXT NOT NULL,        -- the site the model is for
+    status TEXT NOT NULL,        -- planned | shipping | running | finishing | succeeded | failed | stopped
+    spec TEXT NOT NULL,          -- JSON: what was asked (dataset, resources, options)
+    plan TEXT,                   -- JSON: the plan (chosen site, why, what to ship)
+    attempts TEXT NOT NULL,      -- JSON list: one per site tried (site, ray job id, status, error, resumed_from)
+    outcome TEXT,                -- JSON: model, metrics, ran_at
+    error TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deployments (
+    id TEXT PRIMARY KEY,
+    site TEXT NOT NULL,
+    app TEXT NOT NULL,
+    model TEXT NOT NULL,         -- kind/name@version of the model artifact
+    previous TEXT,               -- what the app served before
+    status TEXT NOT NULL,        -- deploying | serving | failed
+    seconds REAL,                -- from the command to the new version answering
+    error TEXT,
+    started_at TEXT NOT NULL,
+    finished_at TEXT
+);
+CREATE INDEX IF NOT EXISTS deployments_site ON deployments (site, started_at);
 """
 
 
@@ -135,3 +161,52 @@ class State:
             d["detail"] = json.loads(d["detail"]) if d["detail"] else {}
             out.append(d)
         return out
+
+    # jobs (train/tune runs the coordinator orchestrates)
+    def put_job(self, job: dict[str, Any]) -> None:
+        """Insert or replace a job record: id, kind, origin, status, spec, plan, attempts, outcome, error."""
+        stamp = now()
+        self._exec(
+            "INSERT INTO jobs (id, kind, origin, status, spec, plan, attempts, outcome, error, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET status = excluded.status, "
+            "plan = excluded.plan, attempts = excluded.attempts, outcome = excluded.outcome, error = excluded.error, "
+            "updated_at = excluded.updated_at",
+            (job["id"], job["kind"], job["origin"], job["status"], json.dumps(job.get("spec") or {}),
+             json.dumps(job.get("plan")), json.dumps(job.get("attempts") or []), json.dumps(job.get("outcome")),
+             job.get("error"), job.get("created_at") or stamp, stamp),
+        )
+
+    def jobs(self, limit: int = 50, job_id: str | None = None, active: bool = False) -> list[dict[str, Any]]:
+        if job_id:
+            rows = self._exec("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        elif active:
+            rows = self._exec("SELECT * FROM jobs WHERE status NOT IN ('succeeded', 'failed', 'stopped') "
+                              "ORDER BY created_at")
+        else:
+            rows = self._exec("SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,))
+        out = []
+        for r in rows:
+            d = dict(r)
+            for key in ("spec", "plan", "attempts", "outcome"):
+                d[key] = json.loads(d[key]) if d[key] else None
+            out.append(d)
+        return out
+
+    # deployments (model rollouts to sites' Serve apps)
+    def start_deployment(self, site: str, app: str, model: str, previous: str | None) -> str:
+        did = uuid.uuid4().hex[:12]
+        self._exec("INSERT INTO deployments (id, site, app, model, previous, status, started_at) "
+                   "VALUES (?, ?, ?, ?, ?, 'deploying', ?)", (did, site, app, model, previous, now()))
+        return did
+
+    def finish_deployment(self, did: str, *, seconds: float | None = None, error: str | None = None) -> None:
+        self._exec("UPDATE deployments SET status = ?, seconds = ?, error = ?, finished_at = ? WHERE id = ?",
+                   ("failed" if error else "serving", seconds, error, now(), did))
+
+    def deployments(self, site: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """Newest first."""
+        if site:
+            rows = self._exec("SELECT * FROM deployments WHERE site = ? ORDER BY started_at DESC LIMIT ?", (site, limit))
+        else:
+            rows = self._exec("SELECT * FROM deployments ORDER BY started_at DESC LIMIT ?", (limit,))
+        return [dict(r) for r in rows]

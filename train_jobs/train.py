@@ -236,7 +236,7 @@ def run(cfg: TrainConfig) -> ModelMetadata:
         to_tensors, batch_format="numpy")
 
     storage_fs, storage_path = arrow_fs(cfg.checkpoint_path)
-    run_name = os.path.basename(cfg.output.rstrip("/")) or "adc"
+    run_name = cfg.run
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={**cfg.model_dump(), "classes": classes, "no_defect_classes": no_defect,

@@ -20,6 +20,7 @@ from coordinator.cli import main
 from data.artifacts import ArtifactRef, ArtifactStore
 from tests.registry_server import registry_server  # noqa: F401
 from tests.s3_server import s3_server  # noqa: F401
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -163,8 +164,14 @@ def test_api_needs_the_token_and_state_survives_restart(home, tmp_path, capsys):
     ref = _artifact(Center.open(home).central, files=2)
     r = httpx.post(info["url"] + "/api/v1/transfers", headers=auth, json={"artifact": str(ref), "to": ["fab-x"]},
                    timeout=60)
-    assert r.status_code == 200, r.text
-    tid = r.json()["results"][0]["transfer_id"]
+    assert r.status_code == 202, r.text
+    tid = r.json()["transfers"][0]["transfer_id"]
+    done = wait_for(lambda: (t := httpx.get(f"{info['url']}/api/v1/transfers/{tid}", headers=auth).json())["status"]
+                    != "running" and t, 60, "the transfer to finish")
+    assert done["status"] == "succeeded", done
+    r = httpx.post(info["url"] + "/api/v1/transfers", headers=auth, params={"wait": "true"},
+                   json={"artifact": str(ref), "to": ["fab-x"]}, timeout=60)
+    assert r.status_code == 200 and r.json()["results"][0]["bytes_sent"] == 0, r.text
     missing = httpx.post(info["url"] + "/api/v1/transfers", headers=auth, json={"artifact": "dataset/zzz@1",
                                                                                 "to": ["fab-x"]})
     assert missing.status_code == 404 and "zzz" in missing.json()["detail"]
@@ -205,8 +212,6 @@ def test_killed_push_shows_no_half_artifact_and_resumes_with_the_rest(home, tmp_
     import signal
     import subprocess
     import sys
-
-    from tests.waiting import wait_for
 
     assert _cli(capsys, "site", "add", "fab-x", "--dashboard", "http://127.0.0.1:9", "--store",
                 str(tmp_path / "fab-x-store"))[0] == 0

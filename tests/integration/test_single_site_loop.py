@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from configs import load_defaults
+from configs import InputError, load_defaults
 from configs.loader import Defaults
 from coordinator import operations
 from coordinator.cli import main
@@ -119,17 +119,22 @@ def test_tiny_image_is_refused_with_the_allowed_range(loop: Loop):
 
 
 def test_resume_from_latest_checkpoint(loop: Loop):
-    """Re-running the same model version continues after its last checkpoint."""
+    """A run resumed from an earlier version's checkpoints continues after its last epoch and
+    publishes a new version (published models never change)."""
     meta = loop.outcome.metadata
     epochs = loop.defaults.train_config(dataset="-", output="-").epochs
     seen: list[int] = []
     outcome = operations.train(
         loop.ws, loop.site, loop.defaults, "aoi",
-        options={"model_name": meta.name, "model_version": meta.version, "epochs": epochs + 1},
+        options={"model_name": meta.name, "resume_from": meta.version, "epochs": epochs + 1},
         on_epoch=lambda e, of, line: seen.append(e),
     )
     assert seen == [epochs + 1]  # only the new epoch ran
     assert outcome.metadata.metrics["epoch"] == epochs + 1
+    assert outcome.metadata.version != meta.version
+    with pytest.raises(InputError, match="already exists"):
+        operations.train(loop.ws, loop.site, loop.defaults, "aoi",
+                         options={"model_name": meta.name, "model_version": meta.version})
 
 
 def test_model_swap_under_concurrent_load_drops_nothing(loop: Loop):
