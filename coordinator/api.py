@@ -14,12 +14,13 @@ from typing import Any, Literal
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from configs.errors import AdcpError, InputError
 from coordinator.center import CENTER, Center, PushPlan
+from coordinator.training import Trainer, TrainRequest
 from data.artifacts import KINDS
 
 API_VERSION = "v1"
@@ -57,7 +58,24 @@ def _run_logged(center: Center, plan: PushPlan) -> None:
         log.exception("push %s failed", plan.ref)
 
 
-def create_app(center: Center, token: str) -> FastAPI:
+class JobIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    origin: str = Field(..., description="The site the model is for")
+    dataset: str = Field(..., description="NAME[@VERSION] of a dataset in the central store")
+    on: str | None = Field(None, description="A site, 'auto', or null (the origin if it fits, else auto)")
+    gpus: int = Field(0, ge=0)
+    cpus: float | None = Field(None, gt=0)
+    epochs: int | None = Field(None, ge=1)
+    batch_size: int | None = Field(None, ge=1)
+    lr: float | None = Field(None, gt=0)
+    model_name: str | None = None
+    model_version: str | None = None
+    deploy: bool = False
+    max_attempts: int = Field(3, ge=1, le=10)
+    options: dict[str, Any] = Field(default_factory=dict, description="Other TrainConfig fields")
+
+
+def create_app(center: Center, token: str, trainer: Trainer | None = None) -> FastAPI:
     app = FastAPI(title="ADC Platform coordinator", version="1",
                   description="Sites, artifacts and transfers of the ADC Platform.")
     bearer = HTTPBearer(auto_error=False)
@@ -142,4 +160,36 @@ def create_app(center: Center, token: str) -> FastAPI:
     def get_transfer(transfer_id: str) -> dict[str, Any]:
         return center.transfer(transfer_id)
 
+    if trainer is not None:
+        _job_routes(app, trainer, auth)
     return app
+
+
+def _job_routes(app: FastAPI, trainer: Trainer, auth: list[Any]) -> None:
+    base = f"/api/{API_VERSION}/jobs"
+
+    @app.post(f"{base}/plan", dependencies=auth)
+    def plan_job(body: JobIn) -> dict[str, Any]:
+        """Where the job would run and why, and what must be shipped there (nothing starts)."""
+        p = trainer.plan(TrainRequest(**body.model_dump()))
+        return {**p.to_dict(), "lines": p.lines()}
+
+    @app.post(base, dependencies=auth, status_code=202)
+    def start_job(body: JobIn) -> dict[str, Any]:
+        return trainer.start(TrainRequest(**body.model_dump()))
+
+    @app.get(base, dependencies=auth)
+    def list_jobs(limit: int = Query(50, ge=1, le=1000)) -> list[dict[str, Any]]:
+        return trainer.jobs(limit)
+
+    @app.get(f"{base}/{{job_id}}", dependencies=auth)
+    def get_job(job_id: str) -> dict[str, Any]:
+        return trainer.job(job_id)
+
+    @app.get(f"{base}/{{job_id}}/logs", dependencies=auth, response_class=PlainTextResponse)
+    def job_logs(job_id: str, attempt: int = Query(-1, description="1-based attempt; -1 the latest")) -> str:
+        return trainer.logs(job_id, attempt - 1 if attempt > 0 else -1)
+
+    @app.post(f"{base}/{{job_id}}/stop", dependencies=auth)
+    def stop_job(job_id: str) -> dict[str, Any]:
+        return trainer.stop(job_id)

@@ -258,13 +258,13 @@ class Center:
             self.site(source)
         if source in {d.name for d in dests}:
             raise InputError(f"{source} is both the source and a destination.")
-        if self._reachable(source):
+        if self.reachable(source):
             ref = self.store(source).resolve(ref)  # one version for every destination
         elif ref.version is None:
             raise InputError(f"Give a version for {ref}: the center cannot read {source}'s store to find the latest.")
         legs = []
         for d in dests:
-            direct = self._reachable(source) and self._reachable(d.name)
+            direct = self.reachable(source) and self.reachable(d.name)
             direction = ("push" if source == CENTER else "copy") if direct else (
                 "pull" if source == CENTER else "relay")
             legs.append(_Leg(d, direction, self.state.start_transfer(str(ref), source, d.name, direction)))
@@ -287,7 +287,8 @@ class Center:
                             hint="Push again: objects already verified there are not sent twice.")
         return outcomes
 
-    def _reachable(self, name: str) -> bool:
+    def reachable(self, name: str) -> bool:
+        """Whether the center can read and write `name`'s store itself (push mode)."""
         return name == CENTER or self.site(name).transfer == "push"
 
     def _push_one(self, plan: PushPlan, leg: _Leg, on_plan: Plan | None, on_progress: Progress | None) -> PushOutcome:
@@ -313,10 +314,22 @@ class Center:
         self.state.finish_transfer(leg.transfer_id, result=result)
         return PushOutcome(dest.name, leg.transfer_id, leg.direction, result)
 
+    def fetch(self, ref: ArtifactRef, site: str) -> dict[str, Any]:
+        """Bring an artifact a site holds into the central store (a direct copy, or an upload job
+        at a site whose store the center cannot reach); recorded as a transfer."""
+        tid = self.state.start_transfer(str(ref), site, CENTER, "copy" if self.reachable(site) else "upload")
+        try:
+            result = self._hop(site, CENTER, ref, _Options(), None, None)
+        except Exception as e:
+            self.state.finish_transfer(tid, error=str(e))
+            raise
+        self.state.finish_transfer(tid, result=result)
+        return result
+
     def _to_registry(self, ref: ArtifactRef, dest: SiteConfig) -> dict[str, str]:
         """Push an image artifact into the site's registry with skopeo, from the site's store when
         the center can read it (else from the central copy, which holds the same verified bytes)."""
-        store = self.store(dest.name if self._reachable(dest.name) else CENTER)
+        store = self.store(dest.name if self.reachable(dest.name) else CENTER)
         repo, tag = f"adcp/{ref.name}", ref.version or "latest"
         with tempfile.TemporaryDirectory(prefix="adcp-image-") as tmp:
             archive = download_image(store, ref.name, ref.version, tmp)
@@ -325,9 +338,9 @@ class Center:
 
     def _hop(self, src: str, dst: str, ref: ArtifactRef, opts: _Options,
              on_plan: Plan | None, on_progress: Progress | None) -> dict[str, Any]:
-        if self._reachable(src) and self._reachable(dst):
+        if self.reachable(src) and self.reachable(dst):
             return self._copy(src, dst, ref, opts, on_plan, on_progress)
-        runner = dst if not self._reachable(dst) else src  # the site whose store only it can reach
+        runner = dst if not self.reachable(dst) else src  # the site whose store only it can reach
         return self._pull_job(runner, src if runner == dst else dst, ref, opts, upload=runner == src)
 
     def _copy(self, src: str, dst: str, ref: ArtifactRef, opts: _Options,
@@ -387,7 +400,7 @@ class Center:
     def verify(self, ref: str | ArtifactRef, where: str, repair: bool = False) -> dict[str, Any]:
         """Rehash every object of an artifact at `where`; with `repair`, re-copy bad ones from the center."""
         ref = ArtifactRef.parse(ref) if isinstance(ref, str) else ref
-        if not self._reachable(where):  # a pull site verifies by pulling again with every object rehashed
+        if not self.reachable(where):  # a pull site verifies by pulling again with every object rehashed
             result = self._pull_job(where, CENTER, ref, _Options(verify_existing=True))
             return {"site": where, "ref": str(ref), "ok": True, "repaired": result.get("objects_repaired", 0)}
         outcome = self.store(where).verify(ref, repair_from=self.central if repair and where != CENTER else None)

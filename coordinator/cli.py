@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from configs.errors import AdcpError, InputError
+from configs.errors import AdcpError, InputError, JobError
 from configs.loader import Defaults, load_defaults
 from configs.models import SynthConfig
 from coordinator import operations, server
@@ -262,6 +263,111 @@ def transfers(ctx: Context, limit: int, as_json: bool) -> None:
     console.print(table)
 
 
+def _train_for(ctx: Context, dataset_ref, origin, on, gpus, cpus, deploy, detach, timeout_s, as_json, options) -> None:
+    from coordinator.client import CoordinatorClient
+    from coordinator.training import TERMINAL
+
+    if options.get("resume_from") or options.get("use_gpu") or options.get("num_workers"):
+        raise click.UsageError("With --for, ask for GPUs with --gpus N (one worker each); --resume-from is automatic.")
+    body = {"origin": origin, "dataset": dataset_ref, "on": on, "gpus": gpus, "cpus": cpus, "deploy": deploy,
+            "epochs": options.get("epochs"), "batch_size": options.get("batch_size"), "lr": options.get("lr"),
+            "model_name": options.get("model_name"), "model_version": options.get("model_version")}
+    client = CoordinatorClient(ctx.ws.home)
+    plan = client.call("POST", "/jobs/plan", json=body)
+    if not as_json:
+        for line in plan["lines"]:
+            console.print(line, highlight=False)
+    job = client.call("POST", "/jobs", json=body)
+    if detach:
+        return _print_json({"job_id": job["id"]}) if as_json else console.print(f"job {job['id']} started")
+    deadline = time.monotonic() + timeout_s
+    shown: dict[int, int] = {}
+    with err_console.status(f"job {job['id']}") as spinner:
+        while job["status"] not in TERMINAL:
+            if time.monotonic() > deadline:
+                raise JobError(f"Job {job['id']} still {job['status']} after {timeout_s:.0f} s; it goes on.",
+                               hint=f"Follow it with `adcp job logs {job['id']} --follow`.")
+            time.sleep(1)  # poll interval of a run that takes minutes
+            job = ctx.center.state.jobs(job_id=job["id"])[0]
+            if job["attempts"]:
+                a = job["attempts"][-1]
+                spinner.update(f"job {job['id']}: {job['status']} at {a['site']} (attempt {a['n']}), "
+                               f"{len(job['outcome'].get('checkpoints', []))} checkpoints home")
+                if not as_json and a["n"] not in shown:
+                    shown[a["n"]] = 1
+                    note = f" from {a['init_checkpoint']}" if a.get("init_checkpoint") else ""
+                    console.print(f"attempt {a['n']} at {a['site']}{note}: {a['reason']}", highlight=False)
+                    for prev in job["attempts"][:-1]:
+                        if prev.get("error") and prev["n"] + 1 == a["n"]:
+                            console.print(f"  attempt {prev['n']} at {prev['site']} {prev['status']}: {prev['error']}",
+                                          highlight=False)
+    result = {"job_id": job["id"], "status": job["status"], "error": job["error"],
+              **{k: (job["outcome"] or {}).get(k) for k in ("ran_at", "model", "metrics", "checkpoints", "deployed", "seconds")}}
+    if as_json:
+        _print_json(result)
+    elif job["status"] == "succeeded":
+        console.print(f"model [cyan]{result['model']}[/] for {origin}, trained at {' -> '.join(result['ran_at'])}")
+        console.print("validation: " + ", ".join(f"{k} {v:.4f}" for k, v in (result["metrics"] or {}).items()
+                                                 if isinstance(v, float)))
+    if job["status"] != "succeeded":
+        raise JobError(f"Job {job['id']} {job['status']}: {job['error']}")
+
+
+@cli.command("jobs")
+@click.option("--limit", type=int, default=20, show_default=True)
+@_json_option
+@pass_ctx
+def jobs_list(ctx: Context, limit: int, as_json: bool) -> None:
+    """Training jobs the coordinator ran or runs: status, where, attempts, model."""
+    rows = ctx.center.state.jobs(limit)
+    if as_json:
+        return _print_json(rows)
+    table = Table("job", "for", "status", "ran at", "model", "error")
+    for j in rows:
+        table.add_row(j["id"], j["origin"], j["status"], " -> ".join(a["site"] for a in j["attempts"]) or "-",
+                      (j["outcome"] or {}).get("model") or "-", (j["error"] or "")[:80])
+    console.print(table)
+
+
+@cli.group()
+def job() -> None:
+    """One training job: its logs, or stop it."""
+
+
+@job.command("logs")
+@click.argument("job_id")
+@click.option("--follow", is_flag=True, help="Keep printing until the job ends.")
+@click.option("--attempt", type=int, default=-1, help="1-based attempt (default: the latest).")
+@pass_ctx
+def job_logs(ctx: Context, job_id: str, follow: bool, attempt: int) -> None:
+    """The Ray job logs of a job's attempt, read through the site gateway."""
+    from coordinator.client import CoordinatorClient
+    from coordinator.training import TERMINAL
+
+    client = CoordinatorClient(ctx.ws.home)
+    printed = 0
+    while True:
+        text = client.call("GET", f"/jobs/{job_id}/logs", params={"attempt": attempt})
+        if len(text) < printed:  # a new attempt started: its logs begin afresh
+            printed = 0
+        click.echo(text[printed:], nl=False)
+        printed = len(text)
+        if not follow or client.call("GET", f"/jobs/{job_id}")["status"] in TERMINAL:
+            break
+        time.sleep(1)  # poll interval while following
+
+
+@job.command("stop")
+@click.argument("job_id")
+@pass_ctx
+def job_stop(ctx: Context, job_id: str) -> None:
+    """Stop a job (its Ray job at the site too)."""
+    from coordinator.client import CoordinatorClient
+
+    j = CoordinatorClient(ctx.ws.home).call("POST", f"/jobs/{job_id}/stop")
+    console.print(f"job {job_id}: stopping ({j['status']})")
+
+
 def _bytes(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -378,7 +484,14 @@ def site_status(ctx: Context, as_json: bool) -> None:
 # --- train / serve / classify -----------------------------------------------------------------
 
 @cli.command("train")
-@click.option("--dataset", "dataset_ref", required=True, help="NAME or NAME@VERSION in the local store.")
+@click.option("--dataset", "dataset_ref", required=True, help="NAME or NAME@VERSION in the central store.")
+@click.option("--for", "origin", default=None,
+              help="Train a model for this site through the coordinator, where capacity is free (see --on).")
+@click.option("--on", "on", default=None, help="With --for: a site, or 'auto' (default: the site itself if it fits, else auto).")
+@click.option("--gpus", type=int, default=0, show_default=True, help="With --for: GPUs the run needs (one Train worker each).")
+@click.option("--cpus", type=float, default=None, help="With --for: CPUs the run needs (default: workers x CPUs per worker).")
+@click.option("--deploy", is_flag=True, help="With --for: roll the new model out to the site's Serve app.")
+@click.option("--detach", is_flag=True, help="With --for: print the job id and return; follow with `adcp job logs ID --follow`.")
 @_site_option
 @click.option("--epochs", type=int, default=None)
 @click.option("--batch-size", type=int, default=None, help="Per worker.")
@@ -391,8 +504,16 @@ def site_status(ctx: Context, as_json: bool) -> None:
 @click.option("--timeout", "timeout_s", type=float, default=3600, show_default=True, help="Seconds.")
 @_json_option
 @pass_ctx
-def train(ctx: Context, dataset_ref, site_name, timeout_s, as_json, **options) -> None:
-    """Train at a site as a Ray job (python -m train_jobs.train) and export the model."""
+def train(ctx: Context, dataset_ref, origin, on, gpus, cpus, deploy, detach, site_name, timeout_s, as_json,
+          **options) -> None:
+    """Train as a Ray job and export the model: at a local site (--site), or for a site wherever
+    capacity is free (--for), with checkpoints relayed home and fail-over to another site."""
+    if origin:
+        if site_name:
+            raise click.UsageError("Give --for (through the coordinator) or --site (a local site), not both.")
+        return _train_for(ctx, dataset_ref, origin, on, gpus, cpus, deploy, detach, timeout_s, as_json, options)
+    if on or gpus or cpus or deploy or detach:
+        raise click.UsageError("--on, --gpus, --cpus, --deploy and --detach go with --for SITE.")
     s = operations.get_site(ctx.ws, site_name or ctx.defaults.site.name)
     with _progress() as progress:
         task = progress.add_task("train", total=options.get("epochs") or ctx.defaults.train_config(dataset="-", output="-").epochs)

@@ -7,6 +7,7 @@ the same model the job parses them into.
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import time
@@ -31,6 +32,8 @@ def entrypoint(cfg: TrainConfig) -> str:
                 args.append(flag)
         elif isinstance(value, list):
             args += [flag, ",".join(value)]
+        elif isinstance(value, dict):
+            args += [flag, json.dumps(value, sort_keys=True)]
         else:
             args += [flag, str(value)]
     for required in ("dataset", "output"):

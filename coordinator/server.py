@@ -163,11 +163,24 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     import uvicorn
 
+    from configs.loader import load_defaults
     from coordinator.api import create_app
+    from coordinator.training import Trainer
 
     center = Center.open(args.home, args.platform)
     center.state.fail_orphaned_transfers()
-    app = create_app(center, read_token(args.home))
+    defaults = load_defaults()
+
+    def deploy(ref: str, site: str) -> dict[str, Any]:
+        from coordinator import rollout
+
+        return rollout.deploy(center, ref, [site], defaults.serve)[0]
+
+    trainer = Trainer(center, defaults, deploy)
+    picked_up = trainer.resume_active()
+    if picked_up:
+        print(f"following jobs left running: {', '.join(picked_up)}", flush=True)
+    app = create_app(center, read_token(args.home), trainer)
     print(f"coordinator pid {os.getpid()} serving on http://{args.host}:{args.port}", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 

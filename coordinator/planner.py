@@ -1,0 +1,146 @@
+"""Where a training run goes: live free capacity of every site, read through its gateway.
+
+The planner never guesses: it reads each site's resources now (unreachable sites are left out,
+with the reason), checks what the job needs against what each site has free, and says which site
+runs it and why, and what must be shipped there first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from configs.errors import InputError, SiteError
+from coordinator.center import CENTER, Center
+from data.artifacts import ArtifactRef
+
+
+@dataclass(frozen=True)
+class Need:
+    """What one run holds while it trains."""
+
+    cpus: float
+    gpus: float = 0.0
+
+    def fits(self, free: dict[str, float]) -> bool:
+        return free.get("CPU", 0.0) >= self.cpus and free.get("GPU", 0.0) >= self.gpus
+
+    def __str__(self) -> str:
+        return f"{self.cpus:g} CPU" + (f" + {self.gpus:g} GPU" if self.gpus else "")
+
+
+@dataclass
+class SiteView:
+    name: str
+    reachable: bool
+    free: dict[str, float] = field(default_factory=dict)
+    total: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass
+class Shipment:
+    ref: str
+    bytes: int
+    present: bool  # already complete at the chosen site
+
+
+@dataclass
+class Plan:
+    origin: str
+    site: str
+    need: Need
+    reason: str
+    sites: list[SiteView]
+    ship: list[Shipment]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"origin": self.origin, "site": self.site, "need": asdict(self.need), "reason": self.reason,
+                "sites": [asdict(s) for s in self.sites], "ship": [asdict(s) for s in self.ship]}
+
+    def lines(self) -> list[str]:
+        """The plan as a user reads it."""
+        origin = next((s for s in self.sites if s.name == self.origin), None)
+        out = []
+        if origin is not None and origin.reachable:
+            out.append(f"{self.origin} has {_cap(origin.free)} free of {_cap(origin.total)}")
+        out.append(f"the job needs {self.need}")
+        for s in self.sites:
+            if s.name != self.origin:
+                out.append(f"  {s.name}: " + (f"{_cap(s.free)} free" if s.reachable else f"excluded ({s.error})"))
+        out.append(f"runs at {self.site}: {self.reason}")
+        for item in self.ship:
+            out.append(f"  ship {item.ref} ({item.bytes / 2**20:.1f} MiB)" + (" - already there" if item.present else ""))
+        return out
+
+
+def _cap(res: dict[str, float]) -> str:
+    return f"{res.get('CPU', 0):g} CPU, {res.get('GPU', 0):g} GPU"
+
+
+def view(center: Center, exclude: set[str] = frozenset()) -> list[SiteView]:
+    """Every site's live free/total capacity (sites in `exclude` are marked unusable)."""
+    views = []
+    for s in center.status():
+        if s["name"] in exclude:
+            views.append(SiteView(s["name"], False, error="failed earlier in this job"))
+        elif not s.get("reachable"):
+            views.append(SiteView(s["name"], False, error=s.get("error", "unreachable")))
+        else:
+            res = s["resources"]
+            views.append(SiteView(s["name"], True, free=dict(_known(res["available"])), total=dict(_known(res["total"]))))
+    return views
+
+
+def _known(res: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in res.items() if k in ("CPU", "GPU", "memory")}
+
+
+def choose(origin: str, need: Need, views: list[SiteView], on: str | None) -> tuple[str, str]:
+    """(site, why). `on`: a site name, "auto", or None (= the origin if it fits, else auto)."""
+    by_name = {v.name: v for v in views}
+    if origin not in by_name:
+        raise InputError(f"No site named {origin}.", allowed=", ".join(by_name))
+    if on not in (None, "auto"):
+        if on not in by_name:
+            raise InputError(f"No site named {on}.", allowed=", ".join([*by_name, "auto"]))
+        target = by_name[on]
+        if not target.reachable:
+            raise SiteError(f"{on} cannot run the job: {target.error}.")
+        if not need.fits(target.free):
+            raise SiteError(f"{on} has {_cap(target.free)} free; the job needs {need}.",
+                            hint="Ask for less (--gpus/--cpus), wait, or use --on auto.")
+        return on, "asked for with --on"
+    home = by_name[origin]
+    if on is None and home.reachable and need.fits(home.free):
+        return origin, f"{origin} has enough free capacity ({_cap(home.free)})"
+    fitting = [v for v in views if v.reachable and need.fits(v.free)]
+    if not fitting:
+        raise SiteError(f"No reachable site has {need} free now.",
+                        allowed="; ".join(f"{v.name}: {_cap(v.free)}" if v.reachable else f"{v.name}: unreachable"
+                                          for v in views),
+                        hint="Ask for less, or try again when a site frees up.")
+    best = max(fitting, key=lambda v: (v.name == origin, v.free.get("GPU", 0), v.free.get("CPU", 0)))
+    if best.name == origin:
+        return origin, f"{origin} has enough free capacity ({_cap(home.free)})"
+    short = "is unreachable" if not home.reachable else f"has only {_cap(home.free)} free"
+    return best.name, f"{origin} {short}; {best.name} has the most free capacity that fits ({_cap(best.free)})"
+
+
+def shipment(center: Center, site: str, refs: list[ArtifactRef]) -> list[Shipment]:
+    """What must reach `site` for the run, and whether it is already there."""
+    out = []
+    for ref in refs:
+        manifest = center.central.manifest(ref)
+        present = center.reachable(site) and center.store(site).exists(manifest.ref)
+        out.append(Shipment(str(manifest.ref), manifest.total_bytes, present))
+    return out
+
+
+def plan(center: Center, origin: str, need: Need, refs: list[ArtifactRef], *, on: str | None = None,
+         exclude: set[str] = frozenset()) -> Plan:
+    views = view(center, exclude)
+    site, why = choose(origin, need, views, on)
+    if site == CENTER:  # pragma: no cover - the center is not a site
+        raise InputError("The center does not run jobs.")
+    return Plan(origin, site, need, why, views, shipment(center, site, refs))
