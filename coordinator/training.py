@@ -238,7 +238,7 @@ class Trainer:
             client.submit_job(entrypoint=jobs.entrypoint(cfg), submission_id=attempt["submission_id"],
                               runtime_env={"working_dir": working_dir, "env_vars": dict(_SITE_ENV)},
                               entrypoint_num_cpus=0, metadata={"adcp_job": job["id"], "for": job["origin"]})
-        attempt["status"] = "running"
+        attempt.update(status="running", submitted_at=attempt.get("submitted_at") or time.time())
         job["status"] = "running"
         self.center.state.put_job(job)
 
@@ -303,10 +303,12 @@ class Trainer:
                    "seconds": round(time.time() - job["attempts"][0]["started_at"], 1)}
         job["outcome"] = outcome
         self.center.state.put_job(job)
+        outcome["home_at"] = time.time()
         if req.deploy:
             if self.deploy is None:
                 raise JobError("This coordinator cannot roll models out.")
             outcome["deployed"] = self.deploy(str(model), req.origin)
+        outcome["finished_at"] = time.time()
         self._finish(job, "succeeded")
 
     def _finish(self, job: dict[str, Any], status: str, error: str | None = None) -> None:
