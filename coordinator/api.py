@@ -72,7 +72,9 @@ class JobIn(BaseModel):
     model_version: str | None = None
     deploy: bool = False
     max_attempts: int = Field(3, ge=1, le=10)
-    options: dict[str, Any] = Field(default_factory=dict, description="Other TrainConfig fields")
+    kind: Literal["train", "tune"] = "train"
+    trials: int | None = Field(None, ge=1, description="tune: configurations to try")
+    options: dict[str, Any] = Field(default_factory=dict, description="Other TrainConfig/TuneConfig fields")
 
 
 def create_app(center: Center, token: str, trainer: Trainer | None = None) -> FastAPI:

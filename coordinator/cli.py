@@ -264,14 +264,42 @@ def transfers(ctx: Context, limit: int, as_json: bool) -> None:
 
 
 def _train_for(ctx: Context, dataset_ref, origin, on, gpus, cpus, deploy, detach, timeout_s, as_json, options) -> None:
-    from coordinator.client import CoordinatorClient
-    from coordinator.training import TERMINAL
-
     if options.get("resume_from") or options.get("use_gpu") or options.get("num_workers"):
         raise click.UsageError("With --for, ask for GPUs with --gpus N (one worker each); --resume-from is automatic.")
     body = {"origin": origin, "dataset": dataset_ref, "on": on, "gpus": gpus, "cpus": cpus, "deploy": deploy,
             "epochs": options.get("epochs"), "batch_size": options.get("batch_size"), "lr": options.get("lr"),
             "model_name": options.get("model_name"), "model_version": options.get("model_version")}
+    _run_job(ctx, body, detach, timeout_s, as_json)
+
+
+@cli.command("tune")
+@click.option("--for", "origin", required=True, help="The site the model is for.")
+@click.option("--dataset", "dataset_ref", required=True, help="NAME or NAME@VERSION in the central store.")
+@click.option("--trials", type=int, default=None, help="Configurations to try (default: TuneConfig's).")
+@click.option("--epochs", type=int, default=None, help="Most epochs per trial.")
+@click.option("--on", "on", default=None, help="A site, or 'auto' (default: the site itself if it fits, else auto).")
+@click.option("--cpus", type=float, default=None, help="CPUs the search needs (default: one trial's).")
+@click.option("--model-name", default=None)
+@click.option("--deploy", is_flag=True, help="Roll the best model out to the site's Serve app.")
+@click.option("--detach", is_flag=True, help="Print the job id and return.")
+@click.option("--timeout", "timeout_s", type=float, default=3600, show_default=True, help="Seconds.")
+@_json_option
+@pass_ctx
+def tune(ctx: Context, origin, dataset_ref, trials, epochs, on, cpus, model_name, deploy, detach, timeout_s,
+         as_json) -> None:
+    """A Ray Tune search (learning rate, batch size, augmentation) as a Ray job where capacity is
+    free; prints the best trial and exports its model like a training run."""
+    body = {"kind": "tune", "origin": origin, "dataset": dataset_ref, "on": on, "cpus": cpus, "trials": trials,
+            "epochs": epochs, "model_name": model_name, "deploy": deploy}
+    _run_job(ctx, body, detach, timeout_s, as_json)
+
+
+def _run_job(ctx: Context, body: dict[str, Any], detach: bool, timeout_s: float, as_json: bool) -> None:
+    """Plan, start and follow a job the coordinator runs; print its outcome."""
+    from coordinator.client import CoordinatorClient
+    from coordinator.training import TERMINAL
+
+    origin = body["origin"]
     client = CoordinatorClient(ctx.ws.home)
     plan = client.call("POST", "/jobs/plan", json=body)
     if not as_json:
@@ -302,13 +330,16 @@ def _train_for(ctx: Context, dataset_ref, origin, on, gpus, cpus, deploy, detach
                             console.print(f"  attempt {prev['n']} at {prev['site']} {prev['status']}: {prev['error']}",
                                           highlight=False)
     result = {"job_id": job["id"], "status": job["status"], "error": job["error"],
-              **{k: (job["outcome"] or {}).get(k) for k in ("ran_at", "model", "metrics", "checkpoints", "deployed", "seconds")}}
+              **{k: (job["outcome"] or {}).get(k)
+                 for k in ("ran_at", "model", "metrics", "checkpoints", "deployed", "seconds", "best")}}
     if as_json:
         _print_json(result)
     elif job["status"] == "succeeded":
         console.print(f"model [cyan]{result['model']}[/] for {origin}, trained at {' -> '.join(result['ran_at'])}")
         console.print("validation: " + ", ".join(f"{k} {v:.4f}" for k, v in (result["metrics"] or {}).items()
                                                  if isinstance(v, float)))
+        if result.get("best"):
+            console.print(f"best trial: {result['best']}", highlight=False)
     if job["status"] != "succeeded":
         raise JobError(f"Job {job['id']} {job['status']}: {job['error']}")
 

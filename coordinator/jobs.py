@@ -15,16 +15,20 @@ from dataclasses import dataclass
 from typing import Callable
 
 from configs.errors import JobError
+from pydantic import BaseModel
+
 from configs.models import TrainConfig
 
 ENTRYPOINT_MODULE = "train_jobs.train"
+TUNE_MODULE = "train_jobs.tune"
 _EPOCH_LINE = re.compile(r"epoch (\d+)/(\d+) (loss=.*)$", re.M)
 _POLL_S = 1.0
 
 
-def entrypoint(cfg: TrainConfig) -> str:
-    """`python -m train_jobs.train --dataset ... --output ...` with every non-default option."""
-    args = ["python", "-m", ENTRYPOINT_MODULE]
+def entrypoint(cfg: BaseModel, module: str = ENTRYPOINT_MODULE) -> str:
+    """`python -m <module> --dataset ... --output ...` with every non-default option of `cfg`
+    (a TrainConfig for train_jobs.train, a TuneConfig for train_jobs.tune)."""
+    args = ["python", "-m", module]
     for name, value in cfg.model_dump(exclude_defaults=True).items():
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):

@@ -10,6 +10,7 @@ submitted again).
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -19,7 +20,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable
 
 from configs.errors import AdcpError, InputError, JobError, NotFoundError, SiteError
-from configs.loader import Defaults
+from configs.loader import Defaults, validate
 from coordinator import bundle, jobs
 from coordinator.center import Center
 from coordinator.planner import Need, Plan, plan
@@ -51,9 +52,14 @@ class TrainRequest:
     model_version: str | None = None
     deploy: bool = False
     max_attempts: int = 3
-    options: dict[str, Any] = field(default_factory=dict)  # other TrainConfig fields
+    kind: str = "train"  # or "tune": a Ray Tune search (train_jobs.tune), the best trial exported
+    trials: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # other TrainConfig/TuneConfig fields
 
     def train_options(self) -> dict[str, Any]:
+        if self.kind == "tune":
+            return {k: v for k, v in {"epochs": self.epochs, "trials": self.trials, **self.options}.items()
+                    if v is not None}
         opts = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, **self.options}
         if self.gpus:
             opts.update(use_gpu=True, num_workers=self.gpus)
@@ -77,6 +83,9 @@ class Trainer:
     # --- what the API and CLI call --------------------------------------------------------
 
     def need(self, req: TrainRequest) -> Need:
+        if req.kind == "tune":
+            cfg = self._tune_config(req, dataset="-", output="-")
+            return Need(cpus=float(req.cpus or cfg.cpus_per_trial), gpus=float(req.gpus))
         cfg = self.defaults.train_config(dataset="-", output="-", **req.train_options())
         cpus = req.cpus if req.cpus is not None else cfg.num_workers * cfg.cpus_per_worker
         return Need(cpus=float(cpus), gpus=float(req.gpus))
@@ -97,7 +106,7 @@ class Trainer:
             raise InputError(f"Model {name}@{version} already exists; published models never change.",
                              hint="Leave --model-version out for a new one.")
         job = {
-            "id": uuid.uuid4().hex[:10], "kind": "train", "origin": req.origin, "status": "planned",
+            "id": uuid.uuid4().hex[:10], "kind": req.kind, "origin": req.origin, "status": "planned",
             "spec": {**asdict(req), "dataset": str(dataset), "model": f"model/{name}@{version}",
                      "checkpoints": _sanitise(f"{name}-{version}")},
             "plan": first.to_dict(), "attempts": [], "outcome": {"checkpoints": []}, "error": None,
@@ -219,28 +228,40 @@ class Trainer:
             self.center.push(ref, [site])
         client = self.center.gateway(site).job_client()
         if not _exists(client, attempt["submission_id"]):
-            model = ArtifactRef.parse(job["spec"]["model"])
-            ran_at = [a["site"] for a in job["attempts"]]
-            cfg = self.defaults.train_config(
-                dataset=store.manifest_url(dataset),
-                output=f"{store.url}/work/models/{model.name}/{model.version}-a{attempt['n']}",
-                storage_path=f"{store.url}/checkpoints/{model.name}",
-                run_name=f"{model.version}-a{attempt['n']}",
-                model_name=model.name, model_version=model.version, site=site, code_version=code.ref.version,
-                artifact_store=store.url, checkpoint_name=job["spec"]["checkpoints"],
-                init_checkpoint=store.manifest_url(ArtifactRef.parse(attempt["init_checkpoint"]))
-                if attempt["init_checkpoint"] else None,
-                lineage={"trained_for": job["origin"], "ran_at": ran_at, "job_id": job["id"],
-                         "resumed_from": attempt["init_checkpoint"], "dataset": str(dataset)},
-                **req.train_options(),
-            )
-            working_dir = store.object_url(store.manifest(code.ref).entry(bundle.BUNDLE_FILE))
-            client.submit_job(entrypoint=jobs.entrypoint(cfg), submission_id=attempt["submission_id"],
+            # objects are content-addressed: the bundle's key at the site is its key at the center
+            working_dir = store.object_url(self.center.central.manifest(code.ref).entry(bundle.BUNDLE_FILE))
+            client.submit_job(entrypoint=self._entrypoint(job, req, attempt, dataset, code.ref.version),
+                              submission_id=attempt["submission_id"],
                               runtime_env={"working_dir": working_dir, "env_vars": dict(_SITE_ENV)},
                               entrypoint_num_cpus=0, metadata={"adcp_job": job["id"], "for": job["origin"]})
         attempt.update(status="running", submitted_at=attempt.get("submitted_at") or time.time())
         job["status"] = "running"
         self.center.state.put_job(job)
+
+    def _entrypoint(self, job: dict[str, Any], req: TrainRequest, attempt: dict[str, Any], dataset: ArtifactRef,
+                    code_version: str) -> str:
+        """The job's command line at the attempt's site: everything in that site's store."""
+        site, n = attempt["site"], attempt["n"]
+        store = self.center.store(site)
+        model = ArtifactRef.parse(job["spec"]["model"])
+        common = {
+            "dataset": store.manifest_url(dataset),
+            "output": f"{store.url}/work/models/{model.name}/{model.version}-a{n}",
+            "run_name": f"{model.version}-a{n}",
+            "model_name": model.name, "model_version": model.version, "site": site, "code_version": code_version,
+            "artifact_store": store.url,
+            "lineage": {"trained_for": job["origin"], "ran_at": [a["site"] for a in job["attempts"]],
+                        "job_id": job["id"], "resumed_from": attempt["init_checkpoint"], "dataset": str(dataset)},
+        }
+        if req.kind == "tune":
+            cfg = self._tune_config(req, storage_path=f"{store.url}/tune/{model.name}", **common)
+            return jobs.entrypoint(cfg, jobs.TUNE_MODULE)
+        init = attempt["init_checkpoint"]
+        cfg = self.defaults.train_config(
+            storage_path=f"{store.url}/checkpoints/{model.name}", checkpoint_name=job["spec"]["checkpoints"],
+            init_checkpoint=store.manifest_url(ArtifactRef.parse(init)) if init else None,
+            **common, **req.train_options())
+        return jobs.entrypoint(cfg)
 
     def _follow(self, job: dict[str, Any], attempt: dict[str, Any]) -> str:
         """Poll the Ray job until it ends, relaying checkpoints home; SiteError if the site is lost."""
@@ -301,6 +322,8 @@ class Trainer:
                    "ran_at": [a["site"] for a in job["attempts"]],
                    "metrics": meta.metrics.get("val", {}), "lineage": meta.lineage, "home": moved,
                    "seconds": round(time.time() - job["attempts"][0]["started_at"], 1)}
+        if job["kind"] == "tune":
+            outcome["best"] = self._tune_summary(attempt)
         job["outcome"] = outcome
         self.center.state.put_job(job)
         outcome["home_at"] = time.time()
@@ -319,6 +342,19 @@ class Trainer:
         tried = "; ".join(f"{a['site']}: {a.get('error') or a['status']}" for a in job["attempts"])
         self._finish(job, "failed", error=f"{why} ({tried})" if tried else why)
 
+    def _tune_summary(self, attempt: dict[str, Any]) -> dict[str, Any] | None:
+        """The best trial, from the `ADCP_TUNE {...}` line the search printed."""
+        logs = self.center.gateway(attempt["site"]).job_client().get_job_logs(attempt["submission_id"])
+        for line in reversed(logs.splitlines()):
+            if "ADCP_TUNE " in line:
+                try:
+                    summary = json.loads(line.split("ADCP_TUNE ", 1)[1])
+                except ValueError:
+                    return None
+                return {"config": summary.get("best"), "metrics": summary.get("metrics"),
+                        "trials": len(summary.get("trials") or [])}
+        return None
+
     def _job_message(self, attempt: dict[str, Any]) -> str:
         try:
             info = self.center.gateway(attempt["site"]).job_client().get_job_info(attempt["submission_id"])
@@ -334,7 +370,17 @@ class Trainer:
             raise InputError("GPUs must be >= 0 and CPUs > 0.")
         if not 1 <= req.max_attempts <= 10:
             raise InputError(f"Got {req.max_attempts} for max attempts.", allowed="1 to 10")
-        self.defaults.train_config(dataset="-", output="-", **req.train_options())
+        if req.kind not in ("train", "tune"):
+            raise InputError(f"Got {req.kind} for the job kind.", allowed="train, tune")
+        if req.kind == "tune":
+            self._tune_config(req, dataset="-", output="-")
+        else:
+            self.defaults.train_config(dataset="-", output="-", **req.train_options())
+
+    def _tune_config(self, req: TrainRequest, **fields: Any) -> Any:
+        from configs.models import TuneConfig
+
+        return validate(TuneConfig, {**req.train_options(), **fields}, "tune options")
 
     def _dataset(self, req: TrainRequest) -> ArtifactRef:
         ref = req.dataset if "/" in req.dataset else f"dataset/{req.dataset}"

@@ -1,0 +1,264 @@
+"""Model rollout: put a model artifact into sites' Serve apps, see what each serves, roll back.
+
+A rollout ships the model artifact and the code bundle to every site (`Center.push`, which skips
+what is already there and works for pull-mode sites too), points the site's Serve app at the
+copies in the site's own store, and waits through the site gateway until the new version answers.
+Only the app's `user_config` changes between rollouts, so replicas swap models in place and no
+request is dropped. Every rollout is a row in the deployments table; what a site serves now and
+what a rollback returns to are read from there.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+from urllib.parse import urlsplit
+
+import httpx
+
+from configs.errors import AdcpError, InputError, NotFoundError, SiteError
+from configs.models import ServeConfig
+from coordinator import bundle, serving
+from coordinator.center import Center
+from data.artifacts import ArtifactRef, ObjectEntry
+from data.model_format import read_metadata
+from raycluster.gateway import SiteGateway
+
+__all__ = ["deploy", "list_models", "parse_model_ref", "rollback", "served_models"]
+
+#: Serve replicas share the site's CPUs with training; one torch/OMP thread each keeps them from
+#: oversubscribing small machines (the same environment `operations.deploy_model` gives the app:
+#: a different runtime_env would restart replicas instead of swapping the model in place).
+SITE_ENV = {"OMP_NUM_THREADS": "1"}
+#: How often the wait asks the site's Serve app which model answers. /v1/model is a cheap local
+#: answer of the replica; 0.1 s keeps the poll's share of the rollout figure small.
+POLL_S = 0.1
+#: How often the wait also reads the app's status from the dashboard (to fail early on
+#: DEPLOY_FAILED); the dashboard call costs more than /v1/model, so less often.
+STATUS_EVERY_S = 1.0
+_SERVE_DEFAULT_PORT = 8000
+
+Event = Callable[[str, str], None]  # (site, message)
+
+_locks_guard = threading.Lock()
+_site_locks: dict[tuple[str, str], threading.Lock] = {}
+
+
+def _default_serve() -> ServeConfig:
+    from configs.loader import load_defaults
+
+    return load_defaults().serve
+
+
+def parse_model_ref(text: str) -> ArtifactRef:
+    """`model/NAME@VERSION`, `NAME@VERSION` (or without `@VERSION`: the latest) as a model ref."""
+    text = (text or "").strip()
+    if "/" in text:
+        ref = ArtifactRef.parse(text)
+        if ref.kind != "model":
+            raise InputError(f'Got "{text}"; only models are rolled out to Serve apps.',
+                             allowed="NAME@VERSION or model/NAME@VERSION")
+        return ref
+    name, at, version = text.partition("@")
+    if not name or (at and not version):
+        raise InputError(f'"{text}" does not name a model.', allowed="NAME@VERSION or model/NAME@VERSION",
+                         hint="For example adc@2.")
+    return ArtifactRef("model", name, version or None)
+
+
+# --- what sites serve --------------------------------------------------------------------------
+
+def _current(center: Center, site: str) -> dict[str, Any] | None:
+    """The site's latest successful deployment row (what its Serve app serves now), or None."""
+    for row in center.state.deployments(site=site, limit=1000):
+        if row["status"] == "serving":
+            return row
+    return None
+
+
+def served_models(center: Center) -> dict[str, str | None]:
+    """{site: model ref its Serve app serves now (per the deployments table), or None}."""
+    return {s.name: (row["model"] if (row := _current(center, s.name)) else None) for s in center.sites()}
+
+
+def list_models(center: Center) -> list[dict[str, Any]]:
+    """Model artifacts of the central store, each with the sites whose Serve app serves it now."""
+    served = served_models(center)
+    rows = []
+    for m in center.central.list("model"):
+        ref = str(m.ref)
+        rows.append({"ref": ref, "name": m.name, "version": m.version, "bytes": m.total_bytes,
+                     "created": m.created, "model_id": m.meta.get("model_id"),
+                     "metrics": m.meta.get("metrics") or {},
+                     "serving_at": sorted(site for site, model in served.items() if model == ref)})
+    return rows
+
+
+# --- rollout -----------------------------------------------------------------------------------
+
+@contextmanager
+def _exclusive(center: Center, site: str) -> Iterator[None]:
+    """One rollout per site at a time in this process (the coordinator, or one CLI command)."""
+    with _locks_guard:
+        lock = _site_locks.setdefault((str(center.home), site), threading.Lock())
+    if not lock.acquire(blocking=False):
+        raise SiteError(f"A rollout to {site} is already running.", hint="Wait for it to finish, then retry.")
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _http_port(serve_url: str) -> int:
+    parts = urlsplit(serve_url)
+    return parts.port or _SERVE_DEFAULT_PORT
+
+
+def deploy(center: Center, ref: str | ArtifactRef, sites: list[str], serve_cfg: ServeConfig | None = None, *,
+           timeout_s: float = 240, on_event: Event | None = None) -> list[dict[str, Any]]:
+    """Roll model `ref` out to every site in `sites` at once; per site
+    `{"site", "model", "previous", "seconds", "status", "deployment_id"}` (+ `"error"`), where
+    `seconds` runs from this call to the new version answering at the site's Serve endpoint.
+
+    Raises InputError/NotFoundError before anything is recorded when the model or a site does not
+    exist; SiteError (with `results` = every site's row) after all sites finished when any failed.
+    """
+    started = time.monotonic()
+    serve_cfg = serve_cfg or _default_serve()
+    ref = parse_model_ref(ref) if isinstance(ref, str) else ref
+    names = list(dict.fromkeys(s.strip() for s in sites if s and s.strip()))
+    if not names:
+        raise InputError("No destination site given.", allowed=", ".join(s.name for s in center.sites()) or "none")
+    for name in names:
+        center.site(name)  # NotFoundError naming the known sites
+    ref = center.central.resolve(ref)
+    model_id = read_metadata(center.central.manifest_url(ref)).model_id
+    code = bundle.publish(center.central)
+    code_ref = ArtifactRef("code", bundle.BUNDLE_NAME, code.version)
+    code_entry = center.central.manifest(code_ref).entry(bundle.BUNDLE_FILE)
+
+    def one(site: str) -> dict[str, Any]:
+        return _deploy_site(center, site, ref, model_id, code_ref, code_entry, serve_cfg, started=started,
+                            timeout_s=timeout_s, on_event=on_event)
+
+    with ThreadPoolExecutor(max_workers=len(names)) as pool:
+        futures = [pool.submit(one, n) for n in names]
+    rows = [f.result() for f in futures]  # re-raises only what is not an AdcpError (our bugs)
+    failed = [r for r in rows if r["status"] != "serving"]
+    if failed:
+        raise SiteError(f"Rollout of {ref} failed at {len(failed)} of {len(rows)} sites: "
+                        + "; ".join(f"{r['site']}: {r['error']}" for r in failed),
+                        hint="The other sites serve the new model; a failed site keeps its previous one.",
+                        results=rows)
+    return rows
+
+
+def _deploy_site(center: Center, site: str, ref: ArtifactRef, model_id: str, code_ref: ArtifactRef,
+                 code_entry: ObjectEntry, serve_cfg: ServeConfig, *, started: float, timeout_s: float,
+                 on_event: Event | None) -> dict[str, Any]:
+    say = (lambda msg: on_event(site, msg)) if on_event else (lambda msg: None)
+    row: dict[str, Any] = {"site": site, "model": str(ref), "previous": None, "seconds": None,
+                           "status": "failed", "deployment_id": None}
+    try:
+        with _exclusive(center, site):
+            current = _current(center, site)
+            row["previous"] = current["model"] if current else None
+            row["deployment_id"] = did = center.state.start_deployment(site, serve_cfg.app_name, str(ref),
+                                                                       row["previous"])
+            try:
+                say(f"shipping {ref} and code {code_ref.version}")
+                center.push(ref, [site])
+                center.push(code_ref, [site])
+                store = center.store(site)  # the site's copies, whoever wrote them (push or pull)
+                model_uri = store.manifest_url(ref)
+                cfg = serve_cfg.model_copy(update={
+                    "user_config": serve_cfg.user_config.model_copy(update={"model_uri": model_uri})})
+                gw = center.gateway(site)
+                config = serving.serve_config(cfg, working_dir=store.object_url(code_entry),
+                                              http_port=_http_port(gw.base_url("serve")), env=SITE_ENV)
+                say(f"deploying {model_id}")
+                serving.deploy(gw.base_url("dashboard"), gw.headers("dashboard"), config)
+                _wait_serving(gw, cfg.app_name, model_id, model_uri, deadline=time.monotonic() + timeout_s)
+            except AdcpError as e:
+                center.state.finish_deployment(did, error=str(e))
+                raise
+            except Exception as e:  # our bug: record it, then let it surface
+                center.state.finish_deployment(did, error=f"{type(e).__name__}: {e}")
+                raise
+            row["seconds"] = round(time.monotonic() - started, 3)
+            center.state.finish_deployment(did, seconds=row["seconds"])
+            row["status"] = "serving"
+            say(f"serving {model_id} after {row['seconds']:.2f} s")
+    except AdcpError as e:
+        row["error"] = str(e)
+    return row
+
+
+def _wait_serving(gw: SiteGateway, app_name: str, model_id: str, model_uri: str, *, deadline: float) -> None:
+    """Return once the app is RUNNING and its Serve endpoint (through the gateway, with the
+    gateway's headers) answers `model_id`; SiteError when the app failed, reported that it could
+    not load `model_uri`, or the deadline passed.
+
+    `serving.wait_serving` polls every 0.5 s and calls the Serve endpoint without the gateway's
+    headers; rollouts are timed against a 2 s target and may go through an authenticating proxy."""
+    dashboard, headers = gw.base_url("dashboard"), gw.headers("dashboard")
+    last, next_status = "no answer yet", 0.0
+    with gw.client("serve", timeout_s=5) as client:
+        while True:
+            served = None
+            try:
+                r = client.get("/v1/model")
+                body = r.json() if r.status_code == 200 else {}
+                served = body.get("model_version")
+                failed = body.get("reconfigure_error") or {}
+                if failed.get("model_uri") == model_uri:
+                    raise SiteError(f"The Serve app at {gw.site} could not load {model_uri}: {failed.get('detail')}",
+                                    hint=f"It keeps serving {served}.")
+                last = f"serving {served or 'no model'}" if r.status_code == 200 else f"/v1/model answered {r.status_code}"
+            except (httpx.HTTPError, ValueError) as e:
+                last = f"{type(e).__name__}: {e}"
+            now = time.monotonic()
+            if served == model_id or now >= next_status:
+                next_status = now + STATUS_EVERY_S
+                try:
+                    state = serving.app_status(dashboard, headers, app_name).get("status", "NOT_STARTED")
+                except (httpx.HTTPError, ValueError) as e:
+                    state = f"unknown ({type(e).__name__})"
+                if state in ("DEPLOY_FAILED", "UNHEALTHY"):
+                    app = serving.app_status(dashboard, headers, app_name)
+                    raise SiteError(f"Serve app {app_name} at {gw.site} is {state}: {app.get('message', '')[:800]}")
+                if served == model_id and state == "RUNNING":
+                    return
+                last += f", app {state}"
+            if now >= deadline:
+                raise SiteError(f"Site {gw.site} did not serve {model_id} in time ({last}).",
+                                hint="See the app's state with `adcp status`; roll out again once it is healthy.")
+            time.sleep(POLL_S)  # poll interval of a deadline-bounded wait
+
+
+# --- rollback ----------------------------------------------------------------------------------
+
+def rollback(center: Center, site: str, serve_cfg: ServeConfig | None = None, *, timeout_s: float = 240,
+             on_event: Event | None = None) -> dict[str, Any]:
+    """Redeploy the model `site` served before its current one; that site's row as `deploy` gives it.
+
+    NotFoundError when the coordinator never rolled a model out there, or only one. A second
+    rollback undoes the first (it returns to the model the rollback replaced)."""
+    center.site(site)
+    current = _current(center, site)
+    if current is None:
+        raise NotFoundError(f"Nothing to roll back at {site}: the coordinator has not rolled a model out there.",
+                            hint=f"Deploy one with `adcp model deploy NAME@VERSION --to {site}`.")
+    if not current["previous"]:
+        raise NotFoundError(f"Nothing to roll back at {site}: {current['model']} is the first model rolled out there.",
+                            hint=f"Deploy another with `adcp model deploy NAME@VERSION --to {site}`.")
+    try:
+        return deploy(center, current["previous"], [site], serve_cfg, timeout_s=timeout_s, on_event=on_event)[0]
+    except SiteError as e:
+        if e.details.get("results"):
+            raise SiteError(f"Rollback of {site} to {current['previous']} failed: {e.details['results'][0]['error']}",
+                            hint=f"It keeps serving {current['model']}.", results=e.details["results"]) from e
+        raise
