@@ -19,6 +19,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from configs.errors import AdcpError, InputError
+from coordinator.api_models import add_model_routes
 from coordinator.center import CENTER, Center, PushPlan
 from coordinator.training import Trainer, TrainRequest
 from data.artifacts import KINDS
@@ -162,6 +163,7 @@ def create_app(center: Center, token: str, trainer: Trainer | None = None) -> Fa
     def get_transfer(transfer_id: str) -> dict[str, Any]:
         return center.transfer(transfer_id)
 
+    add_model_routes(app, center, auth)
     if trainer is not None:
         _job_routes(app, trainer, auth)
     return app

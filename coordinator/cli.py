@@ -619,6 +619,11 @@ def _progress() -> Progress:
     return progress(err_console, transient=True)
 
 
+from coordinator.cli_models import model as _model_group  # noqa: E402  (it needs Context defined above)
+
+cli.add_command(_model_group)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `adcp` console script."""
     args = sys.argv[1:] if argv is None else argv
