@@ -49,8 +49,9 @@ def model() -> None:
 @click.pass_obj
 def model_list(ctx: Context, as_json: bool) -> None:
     """Models in the central store, and which sites serve each now."""
-    from coordinator.cli import _bytes, _print_json, console
     from rich.table import Table
+
+    from coordinator.cli import _bytes, _print_json, console
 
     rows = rollout.list_models(ctx.center)
     served = rollout.served_models(ctx.center)
@@ -65,8 +66,9 @@ def model_list(ctx: Context, as_json: bool) -> None:
 
 
 def _print_rows(rows: list[dict[str, Any]]) -> None:
-    from coordinator.cli import console
     from rich.table import Table
+
+    from coordinator.cli import console
 
     table = Table("site", "model", "previous", "status", "seconds to serving")
     for r in rows:

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -224,11 +225,11 @@ def _wait_serving(gw: SiteGateway, app_name: str, model_id: str, model_uri: str,
             if served == model_id or now >= next_status:
                 next_status = now + STATUS_EVERY_S
                 try:
-                    state = serving.app_status(dashboard, headers, app_name).get("status", "NOT_STARTED")
-                except (httpx.HTTPError, ValueError) as e:
-                    state = f"unknown ({type(e).__name__})"
-                if state in ("DEPLOY_FAILED", "UNHEALTHY"):
                     app = serving.app_status(dashboard, headers, app_name)
+                except (httpx.HTTPError, ValueError) as e:
+                    app = {"status": f"unknown ({type(e).__name__})"}
+                state = app.get("status", "NOT_STARTED")
+                if state in ("DEPLOY_FAILED", "UNHEALTHY"):
                     raise SiteError(f"Serve app {app_name} at {gw.site} is {state}: {app.get('message', '')[:800]}")
                 if served == model_id and state == "RUNNING":
                     return
