@@ -6,11 +6,24 @@ error that names the key instead of a silently ignored setting.
 
 from __future__ import annotations
 
+import hashlib
 import re
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _SITE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
+#: The artifact name rule of `data.artifacts` (configs imports nothing of ours, so it is repeated).
+_ARTIFACT_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+
+def artifact_name(text: str) -> str:
+    """`text` made a valid artifact name: lower case, runs of other characters turned into one
+    '-', at most 63 characters (a long name keeps a hash of the whole, so names stay distinct)."""
+    name = re.sub(r"[^a-z0-9._-]+", "-", text.lower()).lstrip("._-")
+    if len(name) > 63:
+        name = name[:54].rstrip("._-") + "-" + hashlib.sha256(text.encode()).hexdigest()[:8]
+    return name or "checkpoint"
 
 
 class _Strict(BaseModel):
@@ -76,6 +89,40 @@ class TrainConfig(_Strict):
     seed: int = Field(0, ge=0)
     site: str = Field("local", description="Site that runs the job (recorded in lineage).")
     code_version: str | None = Field(None, description="Code version recorded in lineage.")
+    artifact_store: str | None = Field(
+        None,
+        description="fsspec URL of an artifact store: each epoch's checkpoint is published there as "
+        "checkpoint/<checkpoint_name>@<epoch> and the exported model as model/<model_name>@<model_version>.",
+    )
+    checkpoint_name: str | None = Field(
+        None,
+        description="Artifact name of the published checkpoints; default: <model_name>-<run> made a "
+        "valid artifact name.",
+    )
+    init_checkpoint: str | None = Field(
+        None,
+        description="Checkpoint to start from when the run has none of its own: a checkpoint "
+        "artifact's manifest URL (<store>/artifacts/checkpoint/<name>/<epoch>.json) or a checkpoint "
+        "folder URL. Training continues after its epoch with its model and optimizer state.",
+    )
+    lineage: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Merged into the exported model's lineage (a JSON object on the command line).",
+    )
+
+    @field_validator("checkpoint_name")
+    @classmethod
+    def _checkpoint_name(cls, v: str | None) -> str | None:
+        if v is not None and not _ARTIFACT_NAME.match(v):
+            raise ValueError(
+                f'Got "{v}" for checkpoint_name. An artifact name is 1-63 characters of a-z 0-9 . _ -, '
+                "starting with a letter or digit."
+            )
+        return v
+
+    def checkpoint_artifact_name(self, model_name: str) -> str:
+        """The artifact name of this run's checkpoints, given the model's resolved name."""
+        return self.checkpoint_name or artifact_name(f"{model_name}-{self.run}")
 
     @property
     def run(self) -> str:
@@ -85,6 +132,73 @@ class TrainConfig(_Strict):
     @property
     def checkpoint_path(self) -> str:
         return self.storage_path or self.output.rstrip("/") + "-checkpoints"
+
+
+class TuneConfig(_Strict):
+    """Options of `python -m train_jobs.tune`: a Ray Tune search over learning rate, batch size and
+    augmentation strength; the best trial's model is exported like a training run's."""
+
+    dataset: str = Field(..., description="fsspec URL of a dataset (a folder or a dataset artifact).")
+    output: str = Field(..., description="fsspec URL where the best trial's model is exported.")
+    storage_path: str | None = Field(
+        None, description="fsspec URL for Ray Tune's trial results and checkpoints; default: `<output>-tune`."
+    )
+    run_name: str | None = Field(None, description="Ray Tune run name; default: the last part of output.")
+    trials: int = Field(8, ge=1, le=1000, description="Configurations sampled from the search space.")
+    epochs: int = Field(6, ge=1, le=1000, description="Most epochs a trial trains (ASHA stops weak ones earlier).")
+    grace_epochs: int = Field(1, ge=1, description="Epochs every trial gets before ASHA may stop it.")
+    reduction_factor: int = Field(2, ge=2, le=16, description="ASHA keeps 1/reduction_factor of trials per rung.")
+    lr_min: float = Field(1e-3, gt=0, le=1.0, description="Learning rate search range, log-uniform.")
+    lr_max: float = Field(1e-2, gt=0, le=1.0)
+    batch_sizes: list[int] = Field([32, 64], min_length=1, description="Batch sizes to choose from.")
+    augment_min: float = Field(0.0, ge=0.0, le=1.0, description="Augmentation strength range, uniform.")
+    augment_max: float = Field(1.0, ge=0.0, le=1.0)
+    cpus_per_trial: float = Field(1.0, gt=0, description="CPUs Ray reserves per trial (torch uses as many threads).")
+    max_concurrent: int | None = Field(None, ge=1, description="Trials run at once; default: as many as fit.")
+    image_size: int = Field(64, ge=32, le=512, description="Model input side in pixels.")
+    classes: list[str] | None = Field(None, description="Class list; default: the dataset's classes.")
+    width: int = Field(16, ge=4, le=256, description="Channels of the first CNN stage.")
+    weight_decay: float = Field(5e-4, ge=0, le=1.0)
+    defect_weight: float = Field(2.0, ge=1.0, le=20.0, description="Loss weight of real-defect classes.")
+    target_precision: float = Field(0.995, gt=0.5, lt=1.0, description="Precision the thresholds are calibrated for.")
+    model_name: str | None = Field(None, description="Exported model name; default: adc-<dataset>.")
+    model_version: str | None = Field(None, description="Exported model version; default: UTC time.")
+    seed: int = Field(0, ge=0)
+    site: str = Field("local", description="Site that runs the job (recorded in lineage).")
+    code_version: str | None = Field(None, description="Code version recorded in lineage.")
+    artifact_store: str | None = Field(
+        None, description="fsspec URL of an artifact store: the best model is published there as "
+        "model/<model_name>@<model_version>."
+    )
+    lineage: dict[str, Any] = Field(
+        default_factory=dict, description="Merged into the exported model's lineage (JSON on the command line)."
+    )
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _batch_sizes(cls, v: list[int]) -> list[int]:
+        bad = [b for b in v if not 1 <= b <= 4096]
+        if bad:
+            raise ValueError(f"Got {bad} in batch_sizes. A batch size is between 1 and 4096.")
+        return v
+
+    @model_validator(mode="after")
+    def _ranges(self) -> TuneConfig:
+        for low, high in (("lr_min", "lr_max"), ("augment_min", "augment_max")):
+            if getattr(self, high) < getattr(self, low):
+                raise ValueError(
+                    f"{high} must be greater than or equal to {low}. "
+                    f"Found: {low}={getattr(self, low)}, {high}={getattr(self, high)}"
+                )
+        return self
+
+    @property
+    def run(self) -> str:
+        return self.run_name or self.output.rstrip("/").rsplit("/", 1)[-1] or "adc-tune"
+
+    @property
+    def tune_path(self) -> str:
+        return self.storage_path or self.output.rstrip("/") + "-tune"
 
 
 class ServeUserConfig(_Strict):

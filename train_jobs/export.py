@@ -1,5 +1,6 @@
 """Export a trained ADCNet as a self-contained `torch.export` program plus `metadata.json`,
-with per-class confidence thresholds calibrated on the validation split."""
+with per-class confidence thresholds calibrated on the validation split, and publish it as a
+model artifact."""
 
 from __future__ import annotations
 
@@ -13,7 +14,17 @@ import fsspec
 import numpy as np
 import torch
 
-from data.model_format import FORMAT, METADATA_FILE, MODEL_FILE, InputSpec, ModelMetadata
+from data.artifacts import ArtifactStore, Manifest
+from data.model_format import (
+    FORMAT,
+    METADATA_FILE,
+    MODEL_FILE,
+    InputSpec,
+    ModelMetadata,
+    decide,
+    decision_figures,
+)
+from data.preprocess import input_spec as make_input_spec
 
 #: Fewest validation images of a predicted class needed to trust its calibrated threshold; with
 #: fewer, the class is only auto-decided at a confidence of 1.0 (i.e. practically always reviewed).
@@ -112,3 +123,65 @@ def export_model(
     with fs.open(f"{path}/{METADATA_FILE}", "w") as f:
         json.dump(meta.model_dump(), f, indent=2)
     return meta
+
+
+def probabilities(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+    """Softmax class probabilities of the normalised batch `x`, 512 images at a time."""
+    model.eval()
+    with torch.inference_mode():
+        return torch.cat(
+            [torch.softmax(model(torch.from_numpy(x[i : i + 512])), dim=1) for i in range(0, len(x), 512)]
+        ).numpy()
+
+
+def decision_metrics(probs: np.ndarray, y: np.ndarray, meta: ModelMetadata) -> dict[str, float]:
+    """`decision_figures` of class probabilities `probs` against label indices `y`."""
+    decided = decide(probs, meta)
+    return decision_figures(
+        [meta.classes[c] for c, _, _ in decided], [d for _, _, d in decided],
+        [meta.classes[int(t)] for t in y], meta.no_defect_classes,
+    )
+
+
+def calibrate_and_export(
+    model: torch.nn.Module,
+    output_uri: str,
+    *,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    name: str,
+    version: str,
+    classes: list[str],
+    no_defect_classes: list[str],
+    image_size: int,
+    target_precision: float,
+    metrics: dict[str, Any],
+    lineage: dict[str, Any],
+) -> ModelMetadata:
+    """Calibrate thresholds on the validation split, add its decision figures to `metrics` as
+    `val`, and export (what both a training run and a tuning search end with)."""
+    model = model.eval().to("cpu")
+    probs = probabilities(model, x_val)
+    thresholds = calibrate_thresholds(probs, y_val, classes, target_precision, no_defect_classes)
+    spec = make_input_spec(image_size)
+    provisional = ModelMetadata(
+        name=name, version=version, classes=classes, no_defect_classes=no_defect_classes,
+        input=spec, thresholds=thresholds, created_at="-", sha256="-",
+    )
+    return export_model(
+        model, output_uri, name=name, version=version, classes=classes, no_defect_classes=no_defect_classes,
+        input_spec=spec, thresholds=thresholds,
+        metrics={**metrics, "val": decision_metrics(probs, y_val, provisional)}, lineage=lineage,
+    )
+
+
+def publish_model(store_url: str, model_dir: str, meta: ModelMetadata) -> tuple[Manifest, str]:
+    """Publish an exported model directory as artifact `model/<name>@<version>`; returns its
+    manifest and manifest URL. Publishing the same files again is a no-op; other files under an
+    existing version raise IntegrityError (published models never change)."""
+    store = ArtifactStore(store_url)
+    manifest = store.publish(
+        "model", meta.name, meta.version, model_dir,
+        meta={"model_id": meta.model_id, "metrics": meta.metrics.get("val", {}), "lineage": meta.lineage},
+    )
+    return manifest, store.manifest_url(manifest.ref)

@@ -2,61 +2,132 @@
 
 Runs as a Ray job at a site: a `TorchTrainer` fed by Ray Data, per-epoch metrics (loss,
 accuracy, per-class recall) reported with checkpoints to `--storage-path` (any fsspec URL).
-Re-running with the same storage path resumes from the latest checkpoint. At the end the model is
-exported (`model.pt2` + `metadata.json`) with per-class thresholds calibrated on the validation
-split.
+Re-running with the same storage path and run name resumes from the latest checkpoint; a new run
+can start from another run's checkpoint (`--init-checkpoint`, e.g. one relayed from a site that
+died). With `--artifact-store` every epoch's checkpoint is published there as an artifact while the
+next epoch trains. At the end the model is exported (`model.pt2` + `metadata.json`) with per-class
+thresholds calibrated on the validation split.
+
+Machine-readable lines in the job's log (one JSON object after the tag):
+`ADCP_CHECKPOINT` per published checkpoint, `ADCP_WARNING` for a degraded run (GPUs declared but
+absent, a checkpoint that could not be published), `ADCP_MODEL` for the exported model.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import io
 import json
+import math
 import os
+import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
-from typing import Any, get_args
+from types import UnionType
+from typing import Any, Union, get_args, get_origin
 
+import fsspec
 import numpy as np
 import torch
+from pydantic import BaseModel
 
-from configs.errors import AdcpError, ConfigError
+from configs.errors import AdcpError, ConfigError, NotFoundError
 from configs.loader import validate
 from configs.models import TrainConfig
+from data.artifacts import ArtifactRef, ArtifactStore, file_url
 from data.dataset import open_dataset
 from data.fs import arrow_fs
-from data.model_format import ModelMetadata, decide, decision_figures
-from data.preprocess import decode_image, input_spec, to_model_input
+from data.model_format import ModelMetadata
+from data.preprocess import decode_image, to_model_input
 from data.schema import NO_DEFECT_CLASSES, split_of
-from train_jobs.export import calibrate_thresholds, export_model
+from train_jobs.export import (
+    calibrate_and_export,
+    decision_metrics,  # noqa: F401 - its home was this module
+    publish_model,
+)
 from train_jobs.model import ADCNet
 from train_jobs.pipeline import DecodeAndLabel, augment, only_split, to_tensors
 
 STATE_FILE = "state.pt"
 
 
+# --- command line ----------------------------------------------------------------------------
+
+
 def _arg_type(annotation: Any):
-    types = [t for t in (get_args(annotation) or (annotation,)) if t is not type(None)]
-    return types[0]
+    """The type of a field, without the `| None` of an optional one."""
+    if get_origin(annotation) not in (Union, UnionType):
+        return annotation
+    return next(t for t in get_args(annotation) if t is not type(None))
 
 
-def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    """Command-line options generated from `TrainConfig`, so the job and the CLI share one model."""
-    parser = argparse.ArgumentParser(prog="python -m train_jobs.train", description=__doc__)
-    for name, field in TrainConfig.model_fields.items():
+def _json_object(text: str) -> dict[str, Any]:
+    """A JSON object from the command line. Python's literal syntax (`{'a': True}`, what `str()`
+    of a dict gives) is accepted too, so a flag built with `str(value)` still parses."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise argparse.ArgumentTypeError(f"not a JSON object: {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"not a JSON object: {text!r}")
+    return value
+
+
+def parse_config(model: type[BaseModel], argv: list[str] | None, *, prog: str, description: str | None) -> Any:
+    """Parse command-line options generated from the fields of `model` (one flag per field,
+    `--snake-case`), so a job and the CLI that builds its arguments share one model."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, field in model.model_fields.items():
         flag = "--" + name.replace("_", "-")
         kind = _arg_type(field.annotation)
         if kind is bool:
             parser.add_argument(flag, dest=name, action="store_true", default=None, help=field.description)
-        elif kind is list or getattr(kind, "__origin__", None) is list:
+        elif kind is list or get_origin(kind) is list:
             parser.add_argument(flag, dest=name, default=None, help=f"{field.description} (comma-separated)",
                                 type=lambda s: [c for c in s.split(",") if c])
+        elif kind is dict or get_origin(kind) is dict:
+            parser.add_argument(flag, dest=name, default=None, type=_json_object, help=field.description)
         else:
             parser.add_argument(flag, dest=name, type=kind, default=None, help=field.description,
                                 required=field.is_required())
     values = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
-    return validate(TrainConfig, values, "train options")
+    return validate(model, values, f"{prog.rsplit('.', 1)[-1]} options")
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    return parse_config(TrainConfig, argv, prog="python -m train_jobs.train", description=__doc__)
+
+
+# --- training steps (shared with train_jobs.tune) ----------------------------------------------
+
+
+def one_cycle_lr(step: int, total_steps: int, max_lr: float, pct_start: float = 0.25) -> float:
+    """The learning rate at `step` of a one-cycle schedule (torch's `OneCycleLR` with cosine
+    annealing and its default div factors). A function of the step rather than a scheduler
+    object, so a run resumed with more epochs than its checkpoint planned follows the new plan."""
+    initial = max_lr / 25.0
+    final = initial / 1e4
+    step = min(max(step, 0), total_steps - 1)
+    warm_end = float(pct_start * total_steps) - 1
+    if step <= warm_end:
+        start, end, pct = initial, max_lr, step / warm_end if warm_end > 0 else 1.0
+    else:
+        start, end, pct = max_lr, final, (step - warm_end) / max(total_steps - 1 - warm_end, 1e-9)
+    return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1.0)
+
+
+def class_weights(classes: list[str], no_defect_classes: list[str], defect_weight: float) -> torch.Tensor:
+    """Loss weights: `defect_weight` for real-defect classes, 1 for no-defect ones."""
+    return torch.tensor([1.0 if c in no_defect_classes else defect_weight for c in classes])
 
 
 def _confusion(logits: torch.Tensor, y: torch.Tensor, classes: int) -> torch.Tensor:
@@ -64,100 +135,56 @@ def _confusion(logits: torch.Tensor, y: torch.Tensor, classes: int) -> torch.Ten
     return torch.bincount(y * classes + pred, minlength=classes * classes).reshape(classes, classes)
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """One Ray Train worker: DDP training with a one-cycle schedule, eval, report + checkpoint."""
-    import ray.train
-    import ray.train.torch
-
-    torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
-    torch.manual_seed(config["seed"])
-    ctx = ray.train.get_context()
-    world, rank = ctx.get_world_size(), ctx.get_world_rank()
-    device = ray.train.torch.get_device()
-    classes = config["classes"]
-    n_cls = len(classes)
-
-    weights = torch.tensor(
-        [1.0 if name in config["no_defect_classes"] else config["defect_weight"] for name in classes], device=device
-    )
-    model = ADCNet(n_cls, in_channels=1, width=config["width"]).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
-    steps_per_epoch = max(1, -(-config["train_rows"] // (world * config["batch_size"])))
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config["lr"], total_steps=config["epochs"] * steps_per_epoch + 1, pct_start=0.25
-    )
-    start_epoch = 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            state = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        start_epoch = state["epoch"] + 1
-        if rank == 0:
-            print(f"resuming from checkpoint after epoch {start_epoch}", flush=True)
-    model = ray.train.torch.prepare_model(model)
-
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
-    for epoch in range(start_epoch, config["epochs"]):
-        t0 = time.monotonic()
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        seen = torch.zeros((), device=device)
-        conf_train = torch.zeros(n_cls, n_cls, dtype=torch.long, device=device)
-        for batch in train_shard.iter_torch_batches(
-            batch_size=config["batch_size"], dtypes={"x": torch.float32, "y": torch.long}, device=device
-        ):
-            x = batch["x"].contiguous(memory_format=torch.channels_last)
-            logits = model(x)
-            loss = torch.nn.functional.cross_entropy(logits, batch["y"], weight=weights, label_smoothing=0.02)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if schedule.last_epoch < schedule.total_steps - 1:
-                schedule.step()
-            loss_sum += loss.detach() * len(x)
-            seen += len(x)
-            conf_train += _confusion(logits.detach(), batch["y"], n_cls)
-
-        model.eval()
-        conf_val = torch.zeros(n_cls, n_cls, dtype=torch.long, device=device)
-        val_loss = torch.zeros((), device=device)
-        with torch.no_grad():
-            for batch in val_shard.iter_torch_batches(
-                batch_size=256, dtypes={"x": torch.float32, "y": torch.long}, device=device
-            ):
-                logits = model(batch["x"].contiguous(memory_format=torch.channels_last))
-                val_loss += torch.nn.functional.cross_entropy(logits, batch["y"], reduction="sum")
-                conf_val += _confusion(logits, batch["y"], n_cls)
-        if world > 1:
-            for t in (loss_sum, seen, conf_train, conf_val, val_loss):
-                torch.distributed.all_reduce(t)
-        metrics = _epoch_metrics(epoch, loss_sum, seen, conf_train, conf_val, val_loss, classes)
-        metrics["epoch_seconds"] = round(time.monotonic() - t0, 2)
-
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt = None
-            if rank == 0:
-                inner = model.module if hasattr(model, "module") else model
-                torch.save(
-                    {"model": inner.state_dict(), "optimizer": optimizer.state_dict(),
-                     "schedule": schedule.state_dict(), "epoch": epoch, "classes": classes},
-                    os.path.join(tmp, STATE_FILE),
-                )
-                ckpt = ray.train.Checkpoint.from_directory(tmp)
-                print(
-                    f"epoch {epoch + 1}/{config['epochs']} loss={metrics['loss']:.4f} "
-                    f"acc={metrics['accuracy']:.4f} val_acc={metrics['val_accuracy']:.4f} "
-                    f"({metrics['epoch_seconds']:.1f}s)",
-                    flush=True,
-                )
-            ray.train.report(metrics, checkpoint=ckpt)
+def train_epoch(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    weights: torch.Tensor,
+    max_lr: float,
+    total_steps: int,
+    step: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """One pass over `batches` of (x, y); returns (loss sum, images seen, confusion, next step)."""
+    n_cls = len(weights)
+    device = weights.device
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    seen = torch.zeros((), device=device)
+    conf = torch.zeros(n_cls, n_cls, dtype=torch.long, device=device)
+    for x, y in batches:
+        x = x.contiguous(memory_format=torch.channels_last)
+        for group in optimizer.param_groups:
+            group["lr"] = one_cycle_lr(step, total_steps, max_lr)
+        logits = model(x)
+        loss = torch.nn.functional.cross_entropy(logits, y, weight=weights, label_smoothing=0.02)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        loss_sum += loss.detach() * len(x)
+        seen += len(x)
+        conf += _confusion(logits.detach(), y, n_cls)
+    return loss_sum, seen, conf, step
 
 
-def _epoch_metrics(epoch, loss_sum, seen, conf_train, conf_val, val_loss, classes) -> dict[str, Any]:
+def evaluate(
+    model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], n_cls: int, device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(confusion matrix, summed unweighted loss) of the model over `batches` of (x, y)."""
+    model.eval()
+    conf = torch.zeros(n_cls, n_cls, dtype=torch.long, device=device)
+    loss = torch.zeros((), device=device)
+    with torch.no_grad():
+        for x, y in batches:
+            logits = model(x.contiguous(memory_format=torch.channels_last))
+            loss += torch.nn.functional.cross_entropy(logits, y, reduction="sum")
+            conf += _confusion(logits, y, n_cls)
+    return conf, loss
+
+
+def epoch_metrics(epoch, loss_sum, seen, conf_train, conf_val, val_loss, classes) -> dict[str, Any]:
+    """What one epoch reports; `epoch` is 0-based, the reported `epoch` 1-based."""
     conf_train, conf_val = conf_train.cpu(), conf_val.cpu()
     val_n = max(1, int(conf_val.sum()))
     recall = conf_val.diag().float() / conf_val.sum(dim=1).clamp(min=1).float()
@@ -172,6 +199,187 @@ def _epoch_metrics(epoch, loss_sum, seen, conf_train, conf_val, val_loss, classe
     return out
 
 
+def save_state(folder: str, model: torch.nn.Module, optimizer, *, epoch: int, step: int, classes: list[str]) -> None:
+    """Write a checkpoint's `state.pt`: model and optimizer state, after 0-based `epoch`."""
+    inner = model.module if hasattr(model, "module") else model
+    torch.save({"model": inner.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
+                "classes": classes}, os.path.join(folder, STATE_FILE))
+
+
+def restore(model: torch.nn.Module, optimizer, state: dict[str, Any]) -> tuple[int, int]:
+    """Load a checkpoint's state into `model` and `optimizer`; returns (first epoch to train,
+    0-based; optimizer steps done)."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    # Checkpoints written before the schedule became a function of the step kept a scheduler's.
+    step = state.get("step", (state.get("schedule") or {}).get("last_epoch", 0))
+    return state["epoch"] + 1, int(step)
+
+
+def read_checkpoint_state(url: str) -> dict[str, Any]:
+    """The training state of a checkpoint: a checkpoint folder URL (or path), or a checkpoint
+    artifact's manifest URL. NotFoundError when there is none there."""
+    try:
+        with fsspec.open(file_url(url, STATE_FILE), "rb") as f:
+            blob = f.read()
+    except (FileNotFoundError, NotFoundError) as e:
+        raise NotFoundError(
+            f"No checkpoint at {url}: {STATE_FILE} is missing.",
+            hint="Give a checkpoint folder, or a checkpoint artifact's manifest URL "
+            "(<store>/artifacts/checkpoint/<name>/<epoch>.json).",
+        ) from e
+    return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=False)
+
+
+def _check_init_state(state: dict[str, Any], url: str, cfg: TrainConfig, classes: list[str]) -> None:
+    """ConfigError unless the checkpoint at `url` can continue this run."""
+    if state.get("classes") != classes:
+        raise ConfigError(f"The checkpoint {url} was trained for classes {state.get('classes')}, "
+                          f"not this run's {classes}.", hint="Train with the checkpoint's classes.")
+    try:
+        ADCNet(len(classes), in_channels=1, width=cfg.width).load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise ConfigError(f"The checkpoint {url} is not an ADCNet of width {cfg.width}.",
+                          hint="Give the --width the checkpoint was trained with.") from e
+    if state["epoch"] + 1 >= cfg.epochs:
+        raise ConfigError(f"The checkpoint {url} is after epoch {state['epoch'] + 1}, so --epochs "
+                          f"{cfg.epochs} leaves nothing to train.",
+                          allowed=f"--epochs greater than {state['epoch'] + 1}")
+
+
+# --- checkpoints as artifacts -----------------------------------------------------------------
+
+
+class CheckpointPublisher:
+    """Publishes each epoch's checkpoint folder as `checkpoint/<name>@<epoch>` on one background
+    thread, in epoch order, while the next epoch trains; removes each folder once published.
+
+    A checkpoint that cannot be published gives an `ADCP_WARNING` line and training goes on: the
+    run's own checkpoints (Ray Train storage) are still there, and losing hours of training for
+    one failed copy would be the worse outcome.
+    """
+
+    def __init__(self, store_url: str, name: str, meta: dict[str, Any]) -> None:
+        self.store_url = store_url
+        self.name = name
+        self.meta = meta
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="adcp-publish")
+        self._store: ArtifactStore | None = None
+
+    def submit(self, folder: str, epoch: int, metrics: dict[str, Any]) -> None:
+        self._pool.submit(self._publish, folder, epoch, metrics)
+
+    def close(self) -> None:
+        """Wait for every submitted checkpoint to be published."""
+        self._pool.shutdown(wait=True)
+
+    def _publish(self, folder: str, epoch: int, metrics: dict[str, Any]) -> None:
+        ref = ArtifactRef("checkpoint", self.name, str(epoch))
+        summary = {k: round(float(metrics[k]), 6) for k in ("loss", "accuracy", "val_loss", "val_accuracy")}
+        try:
+            self._store = self._store or ArtifactStore(self.store_url)
+            manifest = self._store.publish("checkpoint", ref.name, ref.version, folder,
+                                           meta={**self.meta, "epoch": epoch, "metrics": summary})
+            line = {"ref": str(manifest.ref), "epoch": epoch, "manifest_url": self._store.manifest_url(ref),
+                    "metrics": summary}
+            print("ADCP_CHECKPOINT " + json.dumps(line), flush=True)
+        except Exception as e:  # noqa: BLE001 - reported on its own line; see the class docstring
+            warning = {"code": "checkpoint_not_published", "ref": str(ref), "message": f"{type(e).__name__}: {e}"}
+            print("ADCP_WARNING " + json.dumps(warning), flush=True)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+# --- Ray Train --------------------------------------------------------------------------------
+
+
+def _starting_state(config: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+    """The state to start from: the run's own latest checkpoint, else `init_checkpoint`."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            return torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=False), "checkpoint"
+    if config.get("init_checkpoint"):
+        return read_checkpoint_state(config["init_checkpoint"]), config["init_checkpoint"]
+    return None, ""
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """One Ray Train worker: DDP training with a one-cycle schedule, eval, report + checkpoint;
+    rank 0 also publishes each checkpoint when the run has an artifact store."""
+    import ray.train
+    import ray.train.torch
+
+    torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
+    torch.manual_seed(config["seed"])
+    ctx = ray.train.get_context()
+    world, rank = ctx.get_world_size(), ctx.get_world_rank()
+    # "cpu" when the site declares GPUs this machine lacks: the GPUs are held, the work is on CPU.
+    device = torch.device("cpu") if config["device"] == "cpu" else ray.train.torch.get_device()
+    classes = config["classes"]
+    n_cls = len(classes)
+
+    weights = class_weights(classes, config["no_defect_classes"], config["defect_weight"]).to(device)
+    # On the device before the optimizer exists, so restored optimizer state lands there too.
+    model = ADCNet(n_cls, in_channels=1, width=config["width"]).to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
+    steps_per_epoch = max(1, -(-config["train_rows"] // (world * config["batch_size"])))
+    total_steps = config["epochs"] * steps_per_epoch + 1
+    start_epoch, step = 0, 0
+    state, origin = _starting_state(config)
+    if state is not None:
+        start_epoch, step = restore(model, optimizer, state)
+        if rank == 0:
+            print(f"resuming from {origin} after epoch {start_epoch}", flush=True)
+    model = ray.train.torch.prepare_model(model, move_to_device=device)
+
+    publish = config.get("publish")
+    publisher = CheckpointPublisher(publish["store"], publish["name"], publish["meta"]) if publish and rank == 0 else None
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    dtypes = {"x": torch.float32, "y": torch.long}
+    try:
+        for epoch in range(start_epoch, config["epochs"]):
+            t0 = time.monotonic()
+            loss_sum, seen, conf_train, step = train_epoch(
+                model, optimizer,
+                ((b["x"], b["y"]) for b in train_shard.iter_torch_batches(
+                    batch_size=config["batch_size"], dtypes=dtypes, device=device)),
+                weights=weights, max_lr=config["lr"], total_steps=total_steps, step=step,
+            )
+            conf_val, val_loss = evaluate(
+                model, ((b["x"], b["y"]) for b in val_shard.iter_torch_batches(
+                    batch_size=256, dtypes=dtypes, device=device)), n_cls, device)
+            if world > 1:
+                for t in (loss_sum, seen, conf_train, conf_val, val_loss):
+                    torch.distributed.all_reduce(t)
+            metrics = epoch_metrics(epoch, loss_sum, seen, conf_train, conf_val, val_loss, classes)
+            metrics["epoch_seconds"] = round(time.monotonic() - t0, 2)
+
+            folder, ckpt = None, None
+            if rank == 0:
+                folder = tempfile.mkdtemp(prefix="adcp-checkpoint-")
+                save_state(folder, model, optimizer, epoch=epoch, step=step, classes=classes)
+                ckpt = ray.train.Checkpoint.from_directory(folder)
+                print(
+                    f"epoch {epoch + 1}/{config['epochs']} loss={metrics['loss']:.4f} "
+                    f"acc={metrics['accuracy']:.4f} val_acc={metrics['val_accuracy']:.4f} "
+                    f"({metrics['epoch_seconds']:.1f}s)",
+                    flush=True,
+                )
+            ray.train.report(metrics, checkpoint=ckpt)  # uploads the folder before it returns
+            if folder is not None:
+                if publisher is not None:
+                    publisher.submit(folder, epoch + 1, metrics)
+                else:
+                    shutil.rmtree(folder, ignore_errors=True)
+    finally:
+        if publisher is not None:
+            publisher.close()
+
+
 def _split_arrays(dataset, labels: dict[str, str], classes: list[str], split: str, size: int):
     table = dataset.read_images(["image_id", "image"])
     index = {c: i for i, c in enumerate(classes)}
@@ -183,29 +391,37 @@ def _split_arrays(dataset, labels: dict[str, str], classes: list[str], split: st
     return to_model_input(xs, size), np.array(ys, dtype=np.int64)
 
 
-def _probabilities(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
-    model.eval()
-    with torch.inference_mode():
-        return torch.cat(
-            [torch.softmax(model(torch.from_numpy(x[i : i + 512])), dim=1) for i in range(0, len(x), 512)]
-        ).numpy()
+def model_identity(name: str | None, version: str | None, dataset_name: str) -> tuple[str, str]:
+    """The exported model's (name, version): as given, else `adc-<dataset>` and the UTC time."""
+    return (name or f"adc-{dataset_name}",
+            version or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S"))
 
 
-def decision_metrics(probs: np.ndarray, y: np.ndarray, meta: ModelMetadata) -> dict[str, float]:
-    """`decision_figures` of class probabilities `probs` against label indices `y`."""
-    decided = decide(probs, meta)
-    return decision_figures(
-        [meta.classes[c] for c, _, _ in decided], [d for _, _, d in decided],
-        [meta.classes[int(t)] for t in y], meta.no_defect_classes,
-    )
+def gpu_plan(use_gpu: bool, num_workers: int) -> tuple[str, bool]:
+    """(device the workers train on, whether the GPUs are declared but absent). Sites may declare
+    GPUs to Ray that the machine lacks (so capacity planning can be exercised); the GPUs are then
+    still reserved as planned and the work runs on CPU, with one `ADCP_WARNING` line saying so."""
+    if not use_gpu:
+        return "cpu", False
+    if torch.cuda.is_available():
+        return "cuda", False
+    warning = {
+        "code": "gpu_absent",
+        "message": f"use_gpu is set but CUDA is not available here: holding 1 GPU per worker "
+        f"({num_workers} in all) as planned and training on CPU.",
+        "gpus_reserved": num_workers,
+    }
+    print("ADCP_WARNING " + json.dumps(warning), flush=True)
+    return "cpu", True
 
 
 def run(cfg: TrainConfig) -> ModelMetadata:
-    """Train, calibrate and export; returns the exported model's metadata."""
+    """Train, calibrate and export (and publish, with an artifact store); returns the exported
+    model's metadata."""
     import ray
     import ray.data
     import ray.train
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     started = time.monotonic()
     dataset = open_dataset(cfg.dataset)
@@ -218,8 +434,20 @@ def run(cfg: TrainConfig) -> ModelMetadata:
             allowed=", ".join(dataset.classes),
         )
     no_defect = [c for c in classes if c in NO_DEFECT_CLASSES]
+    name, version = model_identity(cfg.model_name, cfg.model_version, dataset.name)
+    checkpoint_name = cfg.checkpoint_artifact_name(name)
+    if cfg.artifact_store:  # names are checked now, not after the training they would be published from
+        ArtifactRef("model", name, version)
+        ArtifactRef("checkpoint", checkpoint_name, "1")
+    if cfg.init_checkpoint:
+        _check_init_state(read_checkpoint_state(cfg.init_checkpoint), cfg.init_checkpoint, cfg, classes)
+
+    # Ray Train's print patch both logs and echoes a worker's print, so each line would reach the
+    # job log twice; the epoch and ADCP_ lines are read by machines. (Passed on to the workers.)
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     ray.init(ignore_reinit_error=True, log_to_driver=True)
     ray.data.DataContext.get_current().enable_progress_bars = False
+    device, gpu_absent = gpu_plan(cfg.use_gpu, cfg.num_workers)
 
     filesystem, _ = arrow_fs(dataset.url)
     paths = [arrow_fs(u)[1] for u in dataset.shard_urls]
@@ -235,18 +463,25 @@ def run(cfg: TrainConfig) -> ModelMetadata:
     val_ds = decoded.map_batches(only_split, fn_kwargs={"split": "val"}, batch_format="numpy").map_batches(
         to_tensors, batch_format="numpy")
 
+    publish = None
+    if cfg.artifact_store:
+        publish = {"store": cfg.artifact_store, "name": checkpoint_name,
+                   "meta": {"run": cfg.run, "site": cfg.site, "model_name": name, "model_version": version,
+                            "dataset": dataset.dataset_id}}
     storage_fs, storage_path = arrow_fs(cfg.checkpoint_path)
-    run_name = cfg.run
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={**cfg.model_dump(), "classes": classes, "no_defect_classes": no_defect,
-                           "train_rows": train_rows},
+                           "train_rows": train_rows, "device": device, "publish": publish},
+        # The GPUs are reserved either way (Ray refuses GPU in resources_per_worker without
+        # use_gpu); without CUDA the process group must be gloo, as NCCL needs CUDA.
+        torch_config=TorchConfig(backend="gloo") if gpu_absent else None,
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
             resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})},
         ),
         run_config=ray.train.RunConfig(
-            name=run_name, storage_path=storage_path, storage_filesystem=storage_fs,
+            name=cfg.run, storage_path=storage_path, storage_filesystem=storage_fs,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
         datasets={"train": train_ds, "val": val_ds},
@@ -261,21 +496,11 @@ def run(cfg: TrainConfig) -> ModelMetadata:
     with result.checkpoint.as_directory() as d:
         state = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=False)
     model.load_state_dict(state["model"])
-    model.eval()
 
     x_val, y_val = _split_arrays(dataset, labels, classes, "val", cfg.image_size)
-    probs = _probabilities(model, x_val)
-    thresholds = calibrate_thresholds(probs, y_val, classes, cfg.target_precision, no_defect)
-    version = cfg.model_version or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    name = cfg.model_name or f"adc-{dataset.name}"
-    provisional = ModelMetadata(
-        name=name, version=version, classes=classes, no_defect_classes=no_defect,
-        input=input_spec(cfg.image_size), thresholds=thresholds, created_at="-", sha256="-",
-    )
     last = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
     metrics = {
         **last,
-        "val": decision_metrics(probs, y_val, provisional),
         "train_seconds": round(fit_seconds, 1),
         "job_seconds": round(time.monotonic() - started, 1),
         "train_rows": train_rows,
@@ -288,15 +513,30 @@ def run(cfg: TrainConfig) -> ModelMetadata:
         "code_version": cfg.code_version or os.environ.get("ADCP_CODE_VERSION", "unknown"),
         "trained_at": [cfg.site],
         "checkpoints": cfg.checkpoint_path,
-        "config": cfg.model_dump(exclude={"dataset", "output", "storage_path"}),
+        "training": {"device": device, "workers": cfg.num_workers,
+                     "gpus_reserved": cfg.num_workers if cfg.use_gpu else 0},
+        "config": cfg.model_dump(exclude={"dataset", "output", "storage_path", "lineage"}),
     }
-    meta = export_model(
-        model, cfg.output, name=name, version=version, classes=classes, no_defect_classes=no_defect,
-        input_spec=input_spec(cfg.image_size), thresholds=thresholds, metrics=metrics, lineage=lineage,
+    if cfg.artifact_store:
+        lineage["checkpoint_artifact"] = f"checkpoint/{checkpoint_name}"
+    lineage.update(cfg.lineage)
+    meta = calibrate_and_export(
+        model, cfg.output, x_val=x_val, y_val=y_val, name=name, version=version, classes=classes,
+        no_defect_classes=no_defect, image_size=cfg.image_size, target_precision=cfg.target_precision,
+        metrics=metrics, lineage=lineage,
     )
-    print("ADCP_MODEL " + json.dumps({"uri": cfg.output, "model": meta.model_id, "metrics": metrics["val"]}),
-          flush=True)
+    report_model(cfg.output, meta, cfg.artifact_store)
     return meta
+
+
+def report_model(output: str, meta: ModelMetadata, artifact_store: str | None) -> dict[str, Any]:
+    """Publish the exported model when there is a store, and print the `ADCP_MODEL` line."""
+    line: dict[str, Any] = {"uri": output, "model": meta.model_id, "metrics": meta.metrics["val"]}
+    if artifact_store:
+        manifest, url = publish_model(artifact_store, output, meta)
+        line.update(artifact=str(manifest.ref), manifest_url=url)
+    print("ADCP_MODEL " + json.dumps(line), flush=True)
+    return line
 
 
 def main(argv: list[str] | None = None) -> int:
