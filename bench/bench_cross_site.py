@@ -32,19 +32,10 @@ from coordinator.center import Center  # noqa: E402
 from coordinator.cli import main as adcp  # noqa: E402
 from coordinator.client import CoordinatorClient  # noqa: E402
 from data.artifacts import ArtifactRef  # noqa: E402
+from tests.platform_fixtures import platform_yaml  # noqa: E402
 
-PLATFORM = """
-center:
-  state_db: "{home}/coordinator.db"
-  store: {url: "{home}/store"}
-sites:
-  - name: fab-a
-    runtime: {kind: local, num_cpus: 4, num_gpus: 0, object_store_mb: 400}
-    store: {url: "{home}/sites/fab-a/store"}
-  - name: fab-b
-    runtime: {kind: local, num_cpus: 4, num_gpus: 2, object_store_mb: 400}
-    store: {url: "{home}/sites/fab-b/store"}
-"""
+PLATFORM = platform_yaml({"fab-a": {"num_cpus": 4, "object_store_mb": 400},
+                          "fab-b": {"num_cpus": 4, "num_gpus": 2, "object_store_mb": 400}})
 
 
 def main(argv: list[str] | None = None) -> None:

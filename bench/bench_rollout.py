@@ -38,20 +38,10 @@ import httpx  # noqa: E402
 
 from coordinator import rollout, server  # noqa: E402
 from coordinator.center import Center  # noqa: E402
+from tests.platform_fixtures import platform_yaml  # noqa: E402
 from tests.serve_fixtures import export_tiny_model, synth_png  # noqa: E402
 
-PLATFORM = """
-center:
-  state_db: "{home}/coordinator.db"
-  store: {url: "{home}/store"}
-sites:
-  - name: fab-a
-    runtime: {kind: local, num_cpus: 2, object_store_mb: 200}
-    store: {url: "{home}/sites/fab-a/store"}
-  - name: fab-b
-    runtime: {kind: local, num_cpus: 2, object_store_mb: 200}
-    store: {url: "{home}/sites/fab-b/store"}
-"""
+PLATFORM = platform_yaml(dict.fromkeys(("fab-a", "fab-b"), {}))
 SITES = ["fab-a", "fab-b"]
 ADCP = Path(sys.executable).parent / "adcp"  # the console script of this venv
 

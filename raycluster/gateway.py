@@ -12,6 +12,7 @@ above it (job submission, Serve calls, status, metrics scrapes) is the same code
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,7 +21,6 @@ import httpx
 from configs.errors import ConfigError, SiteError
 from configs.platform import DirectGateway as DirectGatewayConfig
 from configs.platform import SiteConfig
-from raycluster.local import resources
 
 Service = Literal["dashboard", "serve", "metrics"]
 SERVICES: tuple[str, ...] = ("dashboard", "serve", "metrics")
@@ -102,6 +102,34 @@ def gateway_for(site: SiteConfig, *, local_urls: dict[str, str] | None = None, t
         f"Site {site.name} uses the {gw.kind} gateway, which this build cannot reach yet.",
         allowed="direct",
     )
+
+
+def _camel(name: str) -> str:
+    """How the dashboard's JSON (`to_google_style`) renames a resource in /api/cluster_status."""
+    first, *rest = name.split("_")
+    return first + "".join(part.title() for part in rest)
+
+
+def resources(
+    totals: Mapping[str, float], usage: Mapping[str, list[float]]
+) -> dict[str, dict[str, Any]]:
+    """Total and available CPU, GPU, memory, object store and custom resources of a cluster.
+
+    `totals` are the summed `resources_total` of the live nodes (`/api/v0/nodes`), which keep
+    resource names as given; `usage` is `/api/cluster_status` usage, `{camelName: [used, total]}`,
+    whose names the dashboard camel-cases (`fab_a` -> `fabA`), so it is only used for amounts used.
+    """
+    known = ("CPU", "GPU", "memory", "object_store_memory")
+    out: dict[str, dict[str, Any]] = {
+        part: dict.fromkeys(known, 0.0) | {"custom": {}} for part in ("total", "available")
+    }
+    for name, total in totals.items():
+        if name.startswith(("node:", "accelerator_type:")):
+            continue  # Ray's placement markers, not capacity
+        used = usage.get(_camel(name), [0.0])[0]
+        for part, amount in (("total", total), ("available", total - used)):
+            (out[part] if name in known else out[part]["custom"])[name] = amount
+    return out
 
 
 def site_status(gateway: SiteGateway, *, timeout_s: float = 5) -> dict[str, Any]:

@@ -43,6 +43,7 @@ from raycluster._machine import (
     terminate,
 )
 from raycluster._ray_start import MARKER_ENV, PORT_FLAGS, ray_command, ray_env, ray_executable
+from raycluster.gateway import DirectGateway, site_status
 
 # Short on purpose: Ray puts unix sockets under `<temp>/session_<40 chars>/sockets/` and a socket
 # path may not exceed 107 characters, so neither a deep home nor $TMPDIR will do.
@@ -395,55 +396,7 @@ def running_site(
 # --- status ------------------------------------------------------------------------------------
 
 
-def _camel(name: str) -> str:
-    """How the dashboard's JSON (`to_google_style`) renames a resource in /api/cluster_status."""
-    first, *rest = name.split("_")
-    return first + "".join(part.title() for part in rest)
-
-
-def resources(
-    totals: Mapping[str, float], usage: Mapping[str, list[float]]
-) -> dict[str, dict[str, Any]]:
-    """Total and available CPU, GPU, memory, object store and custom resources of a cluster.
-
-    `totals` are the summed `resources_total` of the live nodes (`/api/v0/nodes`), which keep
-    resource names as given; `usage` is `/api/cluster_status` usage, `{camelName: [used, total]}`,
-    whose names the dashboard camel-cases (`fab_a` -> `fabA`), so it is only used for amounts used.
-    """
-    known = ("CPU", "GPU", "memory", "object_store_memory")
-    out: dict[str, dict[str, Any]] = {
-        part: dict.fromkeys(known, 0.0) | {"custom": {}} for part in ("total", "available")
-    }
-    for name, total in totals.items():
-        if name.startswith(("node:", "accelerator_type:")):
-            continue  # Ray's placement markers, not capacity
-        used = usage.get(_camel(name), [0.0])[0]
-        for part, amount in (("total", total), ("available", total - used)):
-            (out[part] if name in known else out[part]["custom"])[name] = amount
-    return out
-
-
 def status(site: LocalSite, *, timeout_s: float = 5) -> dict[str, Any]:
-    """Whether a site's dashboard answers, its Ray version and resources (never raises)."""
-    try:
-        with httpx.Client(
-            base_url=site.dashboard_url, headers=site.headers(), timeout=timeout_s
-        ) as c:
-            version = c.get("/api/version").raise_for_status().json()
-            nodes = c.get("/api/v0/nodes", params={"detail": "1"}).raise_for_status().json()
-            status_r = c.get("/api/cluster_status", params={"format": "0"}).raise_for_status()
-        cluster = status_r.json()
-        totals: dict[str, float] = {}
-        for node in nodes["data"]["result"]["result"]:
-            if node["state"] == "ALIVE":
-                for name, amount in node["resources_total"].items():
-                    totals[name] = totals.get(name, 0.0) + amount
-        report = (cluster["data"]["clusterStatus"] or {}).get("loadMetricsReport", {})
-    except (httpx.HTTPError, ValueError, KeyError, TypeError) as e:
-        return {"name": site.name, "reachable": False, "error": f"{type(e).__name__}: {e}"}
-    return {
-        "name": site.name,
-        "reachable": True,
-        "ray_version": version.get("ray_version"),
-        "resources": resources(totals, report.get("usage", {})),
-    }
+    """Whether a site's dashboard answers, its Ray version, resources, jobs and Serve apps (never
+    raises): the gateway's status of a direct gateway to this site."""
+    return site_status(DirectGateway(site.name, {"dashboard": site.dashboard_url}, site.token), timeout_s=timeout_s)

@@ -19,22 +19,12 @@ from data.artifacts import ArtifactRef
 from data.model_format import read_metadata
 from raycluster import stop_site
 from raycluster.local import read_state
+from tests.platform_fixtures import running_platform
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
-PLATFORM = """
-center:
-  state_db: "{home}/coordinator.db"
-  store: {url: "{home}/store"}
-sites:
-  - name: fab-a
-    runtime: {kind: local, num_cpus: 4, num_gpus: 0, object_store_mb: 300}
-    store: {url: "{home}/sites/fab-a/store"}
-  - name: fab-b
-    runtime: {kind: local, num_cpus: 4, num_gpus: 2, object_store_mb: 300}
-    store: {url: "{home}/sites/fab-b/store"}
-"""
+SITES = {"fab-a": {"num_cpus": 4, "object_store_mb": 300}, "fab-b": {"num_cpus": 4, "num_gpus": 2, "object_store_mb": 300}}
 HOME: list[Path] = []
 
 
@@ -47,16 +37,10 @@ def _cli(capsys, *args: str) -> tuple[int, str, str]:
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory):
     home = tmp_path_factory.mktemp("cross") / "home"
-    home.mkdir()
-    platform = home.parent / "platform.yaml"
-    platform.write_text(PLATFORM)
     HOME[:] = [home]
-    try:
-        assert main(["--home", str(home), "--platform", str(platform), "up"]) == 0
+    with running_platform(home, SITES):
         assert main(["--home", str(home), "data", "synth", "--name", "aoi", "--images", "900"]) == 0
         yield home
-    finally:
-        main(["--home", str(home), "down"])
 
 
 def _job(home: Path, job_id: str) -> dict:

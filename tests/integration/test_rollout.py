@@ -17,22 +17,11 @@ from coordinator.center import Center, read_token
 from coordinator.cli import main
 from data.artifacts import ArtifactRef
 from raycluster.local import read_state
+from tests.platform_fixtures import running_platform
 from tests.serve_fixtures import export_tiny_model, synth_png, wait_for
 
 pytestmark = pytest.mark.integration
 
-PLATFORM = """
-center:
-  state_db: "{home}/coordinator.db"
-  store: {url: "{home}/store"}
-sites:
-  - name: fab-a
-    runtime: {kind: local, num_cpus: 2, object_store_mb: 200}
-    store: {url: "{home}/sites/fab-a/store"}
-  - name: fab-b
-    runtime: {kind: local, num_cpus: 2, object_store_mb: 200}
-    store: {url: "{home}/sites/fab-b/store"}
-"""
 SITES = ("fab-a", "fab-b")
 V1 = ArtifactRef("model", "adc", "1")
 HOME: list[Path] = []  # the module's platform home (the autouse fixture resets ADCP_HOME per test)
@@ -47,20 +36,14 @@ def _cli(capsys, *args: str) -> tuple[int, str, str]:
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory):
     home = tmp_path_factory.mktemp("rollout") / "home"
-    home.mkdir()
-    platform = home.parent / "platform.yaml"
-    platform.write_text(PLATFORM)
     HOME[:] = [home]
-    try:
-        assert main(["--home", str(home), "--platform", str(platform), "up"]) == 0
+    with running_platform(home, dict.fromkeys(SITES, {})):
         center = Center.open(home)
         for version, seed in (("1", 1), ("2", 2)):
             folder = home.parent / f"adc-{version}"
             export_tiny_model(folder, version, seed=seed, name="adc")
             center.central.publish("model", "adc", version, folder)
         yield center
-    finally:
-        main(["--home", str(home), "down"])
 
 
 def _served(center: Center, site: str) -> str:

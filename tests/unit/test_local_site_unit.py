@@ -13,7 +13,7 @@ import pytest
 
 from configs.errors import SiteError
 from configs.models import LocalSiteConfig
-from raycluster import _ray_start, local
+from raycluster import _ray_start, gateway, local
 from raycluster._machine import (
     free_ports,
     pick_worker_range,
@@ -246,7 +246,7 @@ def test_resources_keep_custom_names_the_dashboard_camel_cases():
     totals = {"CPU": 4.0, "memory": 8.0, "object_store_memory": 2.0, "fab_a": 1.0}
     totals |= {"node:127.0.0.1": 1.0, "node:__internal_head__": 1.0}
     usage = {"CPU": [1.5, 4.0], "objectStoreMemory": [0.5, 2.0], "fabA": [1.0, 1.0]}
-    out = local.resources(totals, usage)
+    out = gateway.resources(totals, usage)
     assert out["total"] == {
         "CPU": 4.0, "GPU": 0.0, "memory": 8.0, "object_store_memory": 2.0, "custom": {"fab_a": 1.0}
     }  # fmt: skip
