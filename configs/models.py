@@ -76,7 +76,11 @@ class TrainConfig(_Strict):
     width: int = Field(16, ge=4, le=256, description="Channels of the first CNN stage.")
     num_workers: int = Field(2, ge=1, le=256, description="Ray Train workers.")
     cpus_per_worker: float = Field(1.0, gt=0)
-    use_gpu: bool = Field(False, description="One GPU per worker (GPU sites).")
+    use_gpu: bool = Field(
+        False,
+        description="One GPU per worker (GPU sites). Where the site declares GPUs the machine lacks, "
+        "they are still reserved and the workers train on CPU (with an ADCP_WARNING line).",
+    )
     target_precision: float = Field(
         0.995,
         gt=0.5,

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel
 
-from configs.errors import AdcpError, ConfigError, NotFoundError
+from configs.errors import AdcpError, ConfigError, InputError, NotFoundError
 from configs.loader import validate
 from configs.models import TrainConfig
 from data.artifacts import ArtifactRef, ArtifactStore, file_url
@@ -397,6 +397,15 @@ def model_identity(name: str | None, version: str | None, dataset_name: str) -> 
             version or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S"))
 
 
+def check_model_unpublished(store_url: str, name: str, version: str) -> None:
+    """InputError when `model/<name>@<version>` is not a valid artifact name or already is in
+    the store: published models never change, so training it again could only fail at the end."""
+    ref = ArtifactRef("model", name, version)
+    if ArtifactStore(store_url).exists(ref):
+        raise InputError(f"{ref} is already published in {store_url}; published models never change.",
+                         hint="Give a new --model-version.")
+
+
 def gpu_plan(use_gpu: bool, num_workers: int) -> tuple[str, bool]:
     """(device the workers train on, whether the GPUs are declared but absent). Sites may declare
     GPUs to Ray that the machine lacks (so capacity planning can be exercised); the GPUs are then
@@ -436,8 +445,8 @@ def run(cfg: TrainConfig) -> ModelMetadata:
     no_defect = [c for c in classes if c in NO_DEFECT_CLASSES]
     name, version = model_identity(cfg.model_name, cfg.model_version, dataset.name)
     checkpoint_name = cfg.checkpoint_artifact_name(name)
-    if cfg.artifact_store:  # names are checked now, not after the training they would be published from
-        ArtifactRef("model", name, version)
+    if cfg.artifact_store:  # checked now, not after the training they would be published from
+        check_model_unpublished(cfg.artifact_store, name, version)
         ArtifactRef("checkpoint", checkpoint_name, "1")
     if cfg.init_checkpoint:
         _check_init_state(read_checkpoint_state(cfg.init_checkpoint), cfg.init_checkpoint, cfg, classes)

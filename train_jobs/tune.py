@@ -27,7 +27,6 @@ import torch
 
 from configs.errors import AdcpError, ConfigError
 from configs.models import TuneConfig
-from data.artifacts import ArtifactRef
 from data.dataset import Dataset, open_dataset
 from data.fs import arrow_fs
 from data.model_format import ModelMetadata
@@ -38,6 +37,7 @@ from train_jobs.model import ADCNet
 from train_jobs.pipeline import DecodeAndLabel, augment
 from train_jobs.train import (
     STATE_FILE,
+    check_model_unpublished,
     class_weights,
     epoch_metrics,
     evaluate,
@@ -76,9 +76,9 @@ def _train_batches(pixels: np.ndarray, labels: np.ndarray, batch_size: int, stre
         yield torch.from_numpy(batch["x"]), torch.from_numpy(batch["y"])
 
 
-def _val_batches(x: np.ndarray, y: np.ndarray) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _val_batches(x: torch.Tensor, y: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     for i in range(0, len(y), 256):
-        yield torch.from_numpy(x[i : i + 256]), torch.from_numpy(y[i : i + 256])
+        yield x[i : i + 256], y[i : i + 256]
 
 
 def trial(config: dict[str, Any], data: dict[str, np.ndarray], fixed: dict[str, Any]) -> None:
@@ -97,6 +97,8 @@ def trial(config: dict[str, Any], data: dict[str, np.ndarray], fixed: dict[str, 
     rows = len(data["train_labels"])
     total_steps = fixed["epochs"] * max(1, -(-rows // batch_size)) + 1
     trial_id = ray.tune.get_context().get_trial_id()
+    # The arrays are read-only views of the object store; torch wants tensors it may write.
+    val_x, val_y = torch.from_numpy(data["val_x"].copy()), torch.from_numpy(data["val_y"].copy())
     step = 0
     for epoch in range(fixed["epochs"]):
         t0 = time.monotonic()
@@ -104,7 +106,7 @@ def trial(config: dict[str, Any], data: dict[str, np.ndarray], fixed: dict[str, 
             model, optimizer, _train_batches(data["train_pixels"], data["train_labels"], batch_size, strength, rng),
             weights=weights, max_lr=lr, total_steps=total_steps, step=step,
         )
-        conf_val, val_loss = evaluate(model, _val_batches(data["val_x"], data["val_y"]), len(classes), "cpu")
+        conf_val, val_loss = evaluate(model, _val_batches(val_x, val_y), len(classes), "cpu")
         metrics = epoch_metrics(epoch, loss_sum, seen, conf_train, conf_val, val_loss, classes)
         metrics["epoch_seconds"] = round(time.monotonic() - t0, 2)
         # Not "epoch N/M loss=": that is a training run's epoch line, which followers parse.
@@ -154,8 +156,8 @@ def run(cfg: TuneConfig) -> tuple[ModelMetadata, dict[str, Any]]:
                           allowed=", ".join(dataset.classes))
     no_defect = [c for c in classes if c in NO_DEFECT_CLASSES]
     name, version = model_identity(cfg.model_name, cfg.model_version, dataset.name)
-    if cfg.artifact_store:
-        ArtifactRef("model", name, version)  # a bad name fails now, not after the search
+    if cfg.artifact_store:  # fails now, not after the search
+        check_model_unpublished(cfg.artifact_store, name, version)
 
     ray.init(ignore_reinit_error=True, log_to_driver=True)
     data = decode_splits(dataset, labels, classes, cfg.image_size)
@@ -170,6 +172,9 @@ def run(cfg: TuneConfig) -> tuple[ModelMetadata, dict[str, Any]]:
     scheduler = ASHAScheduler(metric="val_accuracy", mode="max", max_t=cfg.epochs,
                               grace_period=min(cfg.grace_epochs, cfg.epochs), reduction_factor=cfg.reduction_factor)
     storage_fs, storage_path = arrow_fs(cfg.tune_path)
+    # Keeping one checkpoint per trial makes Tune snapshot its experiment state at nearly every
+    # report and warn about it (three lines each time); the snapshot is a few small files.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     tuner = tune.Tuner(
         trainable,
         param_space=search_space(cfg),

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from configs import ConfigError, NotFoundError, TrainConfig
+from configs import ConfigError, InputError, NotFoundError, TrainConfig
 from configs.models import TuneConfig, artifact_name
 from coordinator.jobs import entrypoint
 from data.artifacts import ArtifactRef, ArtifactStore
@@ -267,6 +267,19 @@ def test_report_model_publishes_and_names_the_artifact(tmp_path, capsys):
         "model_id": "adc-aoi@7", "metrics": {"accuracy": 0.5}, "lineage": {"ran_at": ["fab-b"]}}
     report_model(model_dir, meta, None)
     assert set(_lines(capsys.readouterr().out, "ADCP_MODEL")[0]) == {"uri", "model", "metrics"}
+
+
+def test_a_published_model_version_is_refused_before_training(tmp_path):
+    store = ArtifactStore(tmp_path / "store")
+    train.check_model_unpublished(store.url, "adc-aoi", "7")
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "metadata.json").write_text("{}")
+    store.publish("model", "adc-aoi", "7", model_dir)
+    with pytest.raises(InputError, match="already published.*never change"):
+        train.check_model_unpublished(store.url, "adc-aoi", "7")
+    with pytest.raises(InputError, match="Invalid artifact name"):
+        train.check_model_unpublished(store.url, "ADC aoi", "8")
 
 
 # --- GPUs -------------------------------------------------------------------------------------
