@@ -114,3 +114,19 @@ def test_site_lost_mid_run_resumes_elsewhere_from_relayed_checkpoint(platform, c
     code, out, _ = _cli(capsys, "job", "logs", job_id)
     epochs = [int(e) for e in re.findall(r"epoch (\d+)/\d+ loss=", out)]
     assert epochs and epochs[0] == resumed_epoch + 1 and epochs[-1] == 6  # nothing trained twice at fab-a
+
+
+def test_tune_for_a_site_follows_to_the_best_model(platform, capsys):
+    """`adcp tune --for` followed by the CLI to the end (fab-b is down after the test above, so
+    the search runs where capacity is: fab-a)."""
+    home = platform
+    code, out, err = _cli(capsys, "tune", "--for", "fab-a", "--dataset", "aoi@1", "--trials", "2", "--epochs", "1",
+                          "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["status"] == "succeeded" and result["ran_at"] == ["fab-a"]
+    best = result["best"]
+    assert best["trials"] == 2 and 1e-3 <= best["config"]["lr"] <= 1e-2
+    model = ArtifactRef.parse(f"model/{result['model']}")
+    meta = read_metadata(Center.open(home).store("fab-a").manifest_url(model))
+    assert meta.lineage["tune"]["best_config"] == best["config"]
