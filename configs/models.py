@@ -26,6 +26,16 @@ def artifact_name(text: str) -> str:
     return name or "checkpoint"
 
 
+def check_site_name(v: str) -> str:
+    """A site name is a DNS label of at most 40 characters (it becomes part of Kubernetes names)."""
+    if not _SITE_NAME.match(v):
+        raise ValueError(
+            f'Got "{v}" for site name. A site name is a DNS label: lower-case letters, digits '
+            "and '-', starting and ending with a letter or digit, at most 40 characters."
+        )
+    return v
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -272,9 +282,4 @@ class LocalSiteConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not _SITE_NAME.match(v):
-            raise ValueError(
-                f'Got "{v}" for site name. A site name is a DNS label: lower-case letters, digits '
-                "and '-', starting and ending with a letter or digit, at most 40 characters."
-            )
-        return v
+        return check_site_name(v)

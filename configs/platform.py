@@ -17,10 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from configs.errors import ConfigError
 from configs.loader import validate
-from configs.models import LocalSiteConfig
+from configs.models import LocalSiteConfig, check_site_name
 
 PLATFORM_FILE = Path(__file__).with_name("platform.yaml")
-_SITE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
 _HOST_PORT = re.compile(r"^[A-Za-z0-9.-]+(:\d{1,5})?$")
 
 
@@ -121,12 +120,7 @@ class SiteConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not _SITE_NAME.match(v):
-            raise ValueError(
-                f'Got "{v}" for site name. A site name is a DNS label: lower-case letters, digits '
-                "and '-', starting and ending with a letter or digit, at most 40 characters."
-            )
-        return v
+        return check_site_name(v)
 
     @field_validator("gateway", mode="before")
     @classmethod
