@@ -44,3 +44,10 @@ def running_platform(home: Path, sites: dict[str, dict[str, Any]]) -> Iterator[P
         yield home
     finally:
         main(["--home", str(home), "down"])
+
+
+def run_cli(capsys, home: Path, *args: str) -> tuple[int, str, str]:
+    """`adcp --home HOME ARGS...` in-process: (exit code, stdout, stderr)."""
+    code = main(["--home", str(home), *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err

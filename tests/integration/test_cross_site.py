@@ -19,7 +19,7 @@ from data.artifacts import ArtifactRef
 from data.model_format import read_metadata
 from raycluster import stop_site
 from raycluster.local import read_state
-from tests.platform_fixtures import running_platform
+from tests.platform_fixtures import run_cli, running_platform
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -29,9 +29,7 @@ HOME: list[Path] = []
 
 
 def _cli(capsys, *args: str) -> tuple[int, str, str]:
-    code = main(["--home", str(HOME[0]), *args])
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return run_cli(capsys, HOME[0], *args)
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,9 @@ import pytest
 
 from coordinator import bundle, server
 from coordinator.center import Center
-from coordinator.cli import main
 from data.artifacts import ArtifactRef, ArtifactStore
 from raycluster.local import read_state
-from tests.platform_fixtures import running_platform
+from tests.platform_fixtures import run_cli, running_platform
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -32,9 +31,7 @@ HOME: list[Path] = []  # the module's platform home (the autouse fixture resets 
 
 
 def _cli(capsys, *args: str) -> tuple[int, str, str]:
-    code = main(["--home", str(HOME[0]), *args])
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return run_cli(capsys, HOME[0], *args)
 
 
 @pytest.fixture(scope="module")
