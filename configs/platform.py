@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from configs.errors import ConfigError
 from configs.loader import validate
+from configs.kube import KarmadaConfig, KubeRayRuntime
 from configs.models import LocalSiteConfig, check_site_name
 
 PLATFORM_FILE = Path(__file__).with_name("platform.yaml")
@@ -79,17 +80,26 @@ class DirectGateway(_Strict):
 
 
 class KarmadaGateway(_Strict):
-    """A site reached through the Karmada apiserver's aggregated cluster proxy."""
+    """A site reached through the Karmada apiserver's aggregated cluster proxy:
+    `<apiserver>/apis/cluster.karmada.io/v1alpha1/clusters/<cluster>/proxy/api/v1/namespaces/<ns>/services/<svc>:<port>/proxy/`.
+    """
 
     kind: Literal["karmada"] = "karmada"
-    kubeconfig: str | None = None
-    context: str | None = None
+    kubeconfig: str | None = Field(None, description="kubeconfig of the Karmada apiserver; default: the platform's karmada.kubeconfig")
+    context: str | None = Field(None, description="kubeconfig context; default: the platform's karmada.context")
     cluster: str = Field(..., description="Karmada Cluster object name")
-    namespace: str = "ray-system"
-    dashboard_service: str = "adc-head-svc:8265"
-    serve_service: str = "adc-serve-svc:8000"
-    metrics_service: str = "adc-head-svc:8080"
-    token_file: str | None = None
+    namespace: str = Field("ray-system", description="Namespace of the site's Ray services")
+    dashboard_service: str = Field("adc-head-svc:8265", description="SERVICE:PORT of the Ray dashboard (jobs API)")
+    serve_service: str = Field("adc-serve-svc:8000", description="SERVICE:PORT of Ray Serve's HTTP proxy")
+    metrics_service: str = Field("adc-head-svc:8080", description="SERVICE:PORT of the head's Ray metrics")
+    token_file: str | None = Field(None, description="File holding the site's Ray auth token (sent as X-Ray-Authorization)")
+
+    @field_validator("dashboard_service", "serve_service", "metrics_service")
+    @classmethod
+    def _service(cls, v: str) -> str:
+        if not re.fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?:([a-z0-9-]+)", v):
+            raise ValueError(f'Got "{v}": give SERVICE:PORT, e.g. adc-head-svc:8265 (a port number or name)')
+        return v
 
 
 class LocalRuntime(_Strict):
@@ -106,7 +116,11 @@ class SiteConfig(_Strict):
     """One site: how the center reaches it, where its store is, how artifacts get there."""
 
     name: str
-    runtime: LocalRuntime | None = Field(None, description="Set for sites `adcp up` runs locally.")
+    runtime: LocalRuntime | KubeRayRuntime | None = Field(
+        None, discriminator="kind",
+        description="local: `adcp up` runs the site on this machine; kuberay: `adcp render` builds its "
+        "KubeRay objects; none: an existing Ray cluster reached through the gateway.",
+    )
     gateway: DirectGateway | KarmadaGateway = Field(default_factory=DirectGateway, discriminator="kind")
     store: StoreConfig
     transfer: Literal["push", "pull"] = Field(
@@ -136,15 +150,21 @@ class SiteConfig(_Strict):
 
     @model_validator(mode="after")
     def _reachable(self) -> "SiteConfig":
-        if self.runtime is None and self.gateway.kind == "direct" and not self.gateway.dashboard:
-            raise ValueError(f"site {self.name}: a site that is not local needs gateway.dashboard")
+        if not self.local and self.gateway.kind == "direct" and not self.gateway.dashboard:
+            raise ValueError(f"site {self.name}: a site that is not local needs gateway.dashboard "
+                             "(or gateway.kind: karmada)")
         return self
+
+    @property
+    def local(self) -> bool:
+        """True for sites `adcp up` runs on this machine."""
+        return isinstance(self.runtime, LocalRuntime)
 
     def local_config(self) -> LocalSiteConfig:
         """The local Ray head's settings (`raycluster.local.start_site`)."""
-        if self.runtime is None:
-            raise ConfigError(f"Site {self.name} does not run on this machine.", hint="Start it where it runs.")
         rt = self.runtime
+        if not isinstance(rt, LocalRuntime):
+            raise ConfigError(f"Site {self.name} does not run on this machine.", hint="Start it where it runs.")
         return LocalSiteConfig(name=self.name, num_cpus=rt.num_cpus, num_gpus=rt.num_gpus,
                                resources=rt.resources, object_store_mb=rt.object_store_mb,
                                store=self.store.url)
@@ -152,6 +172,7 @@ class SiteConfig(_Strict):
 
 class PlatformConfig(_Strict):
     center: CenterConfig = Field(default_factory=CenterConfig)
+    karmada: KarmadaConfig = Field(default_factory=KarmadaConfig, description="Production only")
     sites: list[SiteConfig] = Field(default_factory=list)
 
     @field_validator("sites")

@@ -153,7 +153,7 @@ class Center:
                             hint="Register one with `adcp site add`.")
 
     def local_sites(self) -> list[SiteConfig]:
-        return [s for s in self.sites() if s.runtime is not None]
+        return [s for s in self.sites() if s.local]
 
     def add_site(self, name: str, *, dashboard: str, store: str, serve: str | None = None,
                  metrics: str | None = None, registry: str | None = None, transfer: str = "push",
@@ -179,7 +179,7 @@ class Center:
 
     def gateway(self, name: str) -> SiteGateway:
         site = self.site(name)
-        if site.runtime is not None:
+        if site.local:
             local = read_state(site.name, self.home)
             if local is None or not local.is_running():
                 raise SiteError(f"Local site {name} is not running.", hint="Start it with `adcp up`.")
@@ -202,7 +202,7 @@ class Center:
                 info = site_status(self.gateway(site.name), timeout_s=timeout_s)
             except AdcpError as e:
                 info = {"name": site.name, "reachable": False, "error": str(e)}
-            info.update(store=site.store.url, transfer=site.transfer, local=site.runtime is not None,
+            info.update(store=site.store.url, transfer=site.transfer, local=site.local,
                         gateway=site.gateway.kind, labels=site.labels, registry=site.registry)
             return info
 

@@ -445,7 +445,7 @@ def site_add(ctx: Context, name, dashboard, serve, store, registry, metrics, tra
 @pass_ctx
 def site_list(ctx: Context, as_json: bool) -> None:
     """Sites the center knows (from the platform file and `adcp site add`)."""
-    rows = [{"name": s.name, "local": s.runtime is not None, "gateway": s.gateway.kind, "store": s.store.url,
+    rows = [{"name": s.name, "local": s.local, "gateway": s.gateway.kind, "store": s.store.url,
              "transfer": s.transfer, "registry": s.registry, "labels": s.labels} for s in ctx.center.sites()]
     if as_json:
         return _print_json(rows)
