@@ -141,6 +141,11 @@ class SiteConfig(_Strict):
     def _direct_by_default(cls, v: Any) -> Any:
         return {"kind": "direct", **v} if isinstance(v, dict) and "kind" not in v else v
 
+    @field_validator("runtime", mode="before")
+    @classmethod
+    def _local_by_default(cls, v: Any) -> Any:
+        return {"kind": "local", **v} if isinstance(v, dict) and "kind" not in v else v
+
     @field_validator("registry")
     @classmethod
     def _registry(cls, v: str | None) -> str | None:
