@@ -90,7 +90,7 @@ class KarmadaGateway(_Strict):
     cluster: str = Field(..., description="Karmada Cluster object name")
     namespace: str = Field("ray-system", description="Namespace of the site's Ray services")
     dashboard_service: str = Field("adc-head-svc:8265", description="SERVICE:PORT of the Ray dashboard (jobs API)")
-    serve_service: str = Field("adc-serve-svc:8000", description="SERVICE:PORT of Ray Serve's HTTP proxy")
+    serve_service: str = Field("adc-serve-serve-svc:8000", description="SERVICE:PORT of Ray Serve's HTTP proxy")
     metrics_service: str = Field("adc-head-svc:8080", description="SERVICE:PORT of the head's Ray metrics")
     token_file: str | None = Field(None, description="File holding the site's Ray auth token (sent as X-Ray-Authorization)")
 

@@ -26,7 +26,8 @@ from coordinator.state import State
 from data.artifacts import ArtifactRef, ArtifactStore
 from data.images import download_image, push_to_registry
 from data.transfer import copy_artifact
-from raycluster.gateway import SiteGateway, gateway_for, site_status
+from karmada.gateway import gateway_for
+from raycluster.gateway import SiteGateway, site_status
 from raycluster.local import read_state
 
 CENTER = "center"
@@ -184,8 +185,8 @@ class Center:
             if local is None or not local.is_running():
                 raise SiteError(f"Local site {name} is not running.", hint="Start it with `adcp up`.")
             urls = {"dashboard": local.dashboard_url, "serve": local.serve_url, "metrics": local.metrics_url}
-            return gateway_for(site, local_urls=urls, token=local.token)
-        return gateway_for(site)
+            return gateway_for(site, karmada=self.config.karmada, local_urls=urls, token=local.token)
+        return gateway_for(site, karmada=self.config.karmada)
 
     def store(self, name: str) -> ArtifactStore:
         if name == CENTER:

@@ -592,8 +592,15 @@ def classify(ctx: Context, images, site_name, url, as_json) -> None:
     """Classify image files through a site's Serve endpoint."""
     if url and site_name:
         raise click.UsageError("Give --site or --url, not both.")
-    serve_url = url or operations.get_site(ctx.ws, site_name or ctx.defaults.site.name).serve_url
-    results = operations.classify_files(serve_url, list(images))
+    name = site_name or ctx.defaults.site.name
+    # a site reached through a gateway (not a local direct one): its Serve endpoint through the gateway
+    remote = set() if url else {s.name for s in ctx.center.sites() if not (s.local and s.gateway.kind == "direct")}
+    if name in remote:
+        client = ctx.center.gateway(name).client("serve", timeout_s=120)
+        results = operations.classify_files("", list(images), client=client)
+    else:
+        serve_url = url or operations.get_site(ctx.ws, name).serve_url
+        results = operations.classify_files(serve_url, list(images))
     if as_json:
         return _print_json(results)
     table = Table("file", "class", "confidence", "decision", "model")

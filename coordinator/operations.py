@@ -156,13 +156,15 @@ def deploy_model(
     return meta, seconds
 
 
-def classify_files(serve_url: str, paths: list[Path], *, chunk: int = 64) -> list[dict[str, Any]]:
-    """Classify image files through the site's batch endpoint, `chunk` images per request."""
+def classify_files(serve_url: str, paths: list[Path], *, chunk: int = 64,
+                   client: httpx.Client | None = None) -> list[dict[str, Any]]:
+    """Classify image files through the site's batch endpoint, `chunk` images per request. With
+    `client` (a site gateway's Serve client, base URL and headers set) `serve_url` is ''."""
     missing = [str(p) for p in paths if not Path(p).is_file()]
     if missing:
         raise NotFoundError(f"No such image file: {', '.join(missing[:5])}.")
     results: list[dict[str, Any]] = []
-    with httpx.Client(timeout=120) as client:
+    with client or httpx.Client(timeout=120) as client:
         for i in range(0, len(paths), chunk):
             part = paths[i : i + chunk]
             answers = serving.classify_batch(client, serve_url, [(Path(p).name, Path(p).read_bytes()) for p in part])

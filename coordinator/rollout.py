@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 
@@ -40,7 +39,6 @@ POLL_S = 0.1
 #: How often the wait also reads the app's status from the dashboard (to fail early on
 #: DEPLOY_FAILED); the dashboard call costs more than /v1/model, so less often.
 STATUS_EVERY_S = 1.0
-_SERVE_DEFAULT_PORT = 8000
 
 Event = Callable[[str, str], None]  # (site, message)
 
@@ -113,11 +111,6 @@ def _exclusive(center: Center, site: str) -> Iterator[None]:
         lock.release()
 
 
-def _http_port(serve_url: str) -> int:
-    parts = urlsplit(serve_url)
-    return parts.port or _SERVE_DEFAULT_PORT
-
-
 def deploy(center: Center, ref: str | ArtifactRef, sites: list[str], serve_cfg: ServeConfig | None = None, *,
            timeout_s: float = 240, on_event: Event | None = None) -> list[dict[str, Any]]:
     """Roll model `ref` out to every site in `sites` at once; per site
@@ -179,9 +172,9 @@ def _deploy_site(center: Center, site: str, ref: ArtifactRef, model_id: str, cod
                     "user_config": serve_cfg.user_config.model_copy(update={"model_uri": model_uri})})
                 gw = center.gateway(site)
                 config = serving.serve_config(cfg, working_dir=store.object_url(code_entry),
-                                              http_port=_http_port(gw.base_url("serve")), env=SITE_ENV)
+                                              http_options=gw.serve_http_options(), env=SITE_ENV)
                 say(f"deploying {model_id}")
-                serving.deploy(gw.base_url("dashboard"), gw.headers("dashboard"), config)
+                serving.deploy(gw.base_url("dashboard"), gw.headers("dashboard"), config, tls=gw.client_options())
                 _wait_serving(gw, cfg.app_name, model_id, model_uri, deadline=time.monotonic() + timeout_s)
             except AdcpError as e:
                 center.state.finish_deployment(did, error=str(e))
@@ -225,7 +218,7 @@ def _wait_serving(gw: SiteGateway, app_name: str, model_id: str, model_uri: str,
             if served == model_id or now >= next_status:
                 next_status = now + STATUS_EVERY_S
                 try:
-                    app = serving.app_status(dashboard, headers, app_name)
+                    app = serving.app_status(dashboard, headers, app_name, tls=gw.client_options())
                 except (httpx.HTTPError, ValueError) as e:
                     app = {"status": f"unknown ({type(e).__name__})"}
                 state = app.get("status", "NOT_STARTED")

@@ -21,11 +21,13 @@ DEPLOYMENT = "ADCDeployment"
 _POLL_S = 0.5
 
 
-def serve_config(cfg: ServeConfig, *, working_dir: str, http_port: int, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """The Serve REST config (the schema `serve deploy` takes) for the ADC app."""
+def serve_config(cfg: ServeConfig, *, working_dir: str, http_port: int | None = None,
+                 http_options: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """The Serve REST config (the schema `serve deploy` takes) for the ADC app. Serve listens at
+    `http_options` (a gateway's `serve_http_options()`), or on 127.0.0.1:`http_port`."""
     return {
         "proxy_location": "HeadOnly",
-        "http_options": {"host": "127.0.0.1", "port": http_port},
+        "http_options": http_options or {"host": "127.0.0.1", "port": http_port},
         "applications": [
             {
                 "name": cfg.app_name,
@@ -46,18 +48,22 @@ def serve_config(cfg: ServeConfig, *, working_dir: str, http_port: int, env: dic
     }
 
 
-def deploy(dashboard_url: str, headers: dict[str, str], config: dict[str, Any]) -> None:
-    """PUT the config; Serve then converges in the background (see `wait_serving`)."""
+def deploy(dashboard_url: str, headers: dict[str, str], config: dict[str, Any], *,
+           tls: dict[str, Any] | None = None) -> None:
+    """PUT the config; Serve then converges in the background (see `wait_serving`). `tls`: httpx
+    `verify`/`cert` options of the gateway."""
     try:
-        r = httpx.put(f"{dashboard_url}/api/serve/applications/", json=config, headers=headers, timeout=60)
+        r = httpx.put(f"{dashboard_url}/api/serve/applications/", json=config, headers=headers, timeout=60,
+                      **(tls or {}))
     except httpx.HTTPError as e:
         raise SiteError(f"Cannot reach the site's dashboard at {dashboard_url}: {e}") from e
     if r.status_code >= 400:
         raise SiteError(f"The site rejected the Serve config ({r.status_code}): {r.text[:500]}")
 
 
-def app_status(dashboard_url: str, headers: dict[str, str], app_name: str) -> dict[str, Any]:
-    r = httpx.get(f"{dashboard_url}/api/serve/applications/", headers=headers, timeout=10)
+def app_status(dashboard_url: str, headers: dict[str, str], app_name: str, *,
+               tls: dict[str, Any] | None = None) -> dict[str, Any]:
+    r = httpx.get(f"{dashboard_url}/api/serve/applications/", headers=headers, timeout=10, **(tls or {}))
     r.raise_for_status()
     return (r.json().get("applications") or {}).get(app_name) or {}
 

@@ -3,6 +3,7 @@ httpx (the gateway's Ray and Serve calls go through the Karmada apiserver with t
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 from configs.errors import ConfigError
@@ -44,11 +45,23 @@ def auth_headers(cfg: Any) -> dict[str, str]:
 
 
 def httpx_options(cfg: Any) -> dict[str, Any]:
-    """TLS settings for httpx from the Configuration: the CA (or no verification when the context says
-    insecure-skip-tls-verify) and the client certificate."""
-    opts: dict[str, Any] = {}
-    if cfg.host.startswith("https"):
-        opts["verify"] = cfg.ssl_ca_cert or True if cfg.verify_ssl else False
+    """httpx TLS settings from the Configuration: an SSL context with the CA (or no verification when
+    the context says insecure-skip-tls-verify) and the client certificate."""
+    if not cfg.host.startswith("https"):
+        return {}
+    if not cfg.verify_ssl:
+        return {"verify": False}
+    ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert or None)
+    if cfg.cert_file:
+        ctx.load_cert_chain(cfg.cert_file, cfg.key_file or None)
+    return {"verify": ctx}
+
+
+def requests_options(cfg: Any) -> dict[str, Any]:
+    """The same settings for `requests` (Ray's JobSubmissionClient): `verify` (CA file or bool), `cert`."""
+    if not cfg.host.startswith("https"):
+        return {}
+    opts: dict[str, Any] = {"verify": (cfg.ssl_ca_cert or True) if cfg.verify_ssl else False}
     if cfg.cert_file:
         opts["cert"] = (cfg.cert_file, cfg.key_file) if cfg.key_file else cfg.cert_file
     return opts

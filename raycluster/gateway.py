@@ -15,6 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -52,6 +53,10 @@ class SiteGateway(ABC):
         """Extra httpx options (TLS verification, client certificates)."""
         return {}
 
+    def serve_http_options(self) -> dict[str, Any]:
+        """`http_options` of a Serve config deployed through this gateway (where Serve listens)."""
+        return serve_http_from_url(self.base_url("serve"))
+
     def job_client(self) -> Any:
         """Ray's `JobSubmissionClient` for the site's jobs API, through this gateway."""
         from ray.job_submission import JobSubmissionClient
@@ -59,7 +64,14 @@ class SiteGateway(ABC):
         return JobSubmissionClient(address=self.base_url("dashboard"), headers=self.headers("dashboard"))
 
 
-def _read_token(path: str | None) -> str:
+def serve_http_from_url(url: str) -> dict[str, Any]:
+    """Serve's `http_options` for a Serve endpoint reached directly at `url`."""
+    parts = urlsplit(url)
+    return {"host": parts.hostname or "127.0.0.1", "port": parts.port or 8000}
+
+
+def read_token(path: str | None) -> str:
+    """The Ray token in file `path` ('' for no file); ConfigError when it cannot be read."""
     if not path:
         return ""
     try:
@@ -97,9 +109,9 @@ def gateway_for(site: SiteConfig, *, local_urls: dict[str, str] | None = None, t
     if isinstance(gw, DirectGatewayConfig):
         urls = {"dashboard": gw.dashboard, "serve": gw.serve, "metrics": gw.metrics}
         urls.update({k: v for k, v in (local_urls or {}).items() if v})
-        return DirectGateway(site.name, urls, token or _read_token(gw.token_file))
+        return DirectGateway(site.name, urls, token or read_token(gw.token_file))
     raise ConfigError(
-        f"Site {site.name} uses the {gw.kind} gateway, which this build cannot reach yet.",
+        f"Site {site.name} uses the {gw.kind} gateway; build it with karmada.gateway.gateway_for.",
         allowed="direct",
     )
 
