@@ -1,0 +1,230 @@
+"""`adcp render`: the objects of the platform's KubeRay sites, for kubectl at each site
+(target `kuberay`) or for the Karmada apiserver (target `karmada`), plus writing them as YAML
+files and reading them back (`adcp apply`).
+
+Karmada mode keeps ONE resource template per kind (RayCluster `<cluster_name>`, RayService
+`<cluster_name>-serve` in `karmada.namespace`), rendered from a template site, propagated to every
+site's cluster by its `karmada.site_label`, and one override file per site holding that site's
+differences (registry, GPUs, replicas, store, node selectors, labels), so each cluster receives
+exactly what `--target kuberay` renders for it. With `karmada.spread.sites`, the RayService
+template is placed by `policies/spread.yaml` instead, its replicas divided over those sites; their
+overrides then leave worker replicas to Karmada.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from configs.errors import ConfigError, InputError, NotFoundError
+from configs.kube import KubeRayRuntime
+from configs.models import ServeConfig
+from configs.platform import PlatformConfig, SiteConfig
+from karmada import _patch, policies
+from raycluster import kuberay
+from raycluster.k8s_names import dns_name, label_value
+
+Target = Literal["kuberay", "karmada"]
+TARGETS = ("kuberay", "karmada")
+
+__all__ = ["Target", "cluster_of", "load", "render", "site_objects", "training_job", "write"]
+
+
+def cluster_of(site: SiteConfig) -> str:
+    """The Karmada Cluster name of a site: the gateway's cluster, else the site name."""
+    return site.gateway.cluster if site.gateway.kind == "karmada" else site.name
+
+
+def with_registry(obj: dict, registry: str | None) -> dict:
+    """`obj` with every container image pulled from `registry` (unchanged when None)."""
+    if not registry:
+        return obj
+    ops = [{"op": "replace", "path": p, "value": _patch.with_registry(_patch.get(obj, p), registry)}
+           for p in _patch.image_paths(obj)]
+    return _patch.apply(obj, ops)
+
+
+def site_objects(site: SiteConfig, serve: ServeConfig | None = None, *, model_uri: str | None = None,
+                 working_dir: str | None = None) -> dict[str, dict]:
+    """{"raycluster": ..., "rayservice": ...} as kubectl applies them at the site: KubeRay's objects
+    with images from the site's registry."""
+    cluster = kuberay.ray_cluster(site)
+    service = kuberay.ray_service(site, serve, model_uri=model_uri, working_dir=working_dir)
+    return {"raycluster": with_registry(cluster, site.registry), "rayservice": with_registry(service, site.registry)}
+
+
+def _kuberay_sites(platform: PlatformConfig, names: list[str] | None) -> list[SiteConfig]:
+    kube = [s for s in platform.sites if isinstance(s.runtime, KubeRayRuntime)]
+    if names is not None:
+        known = {s.name: s for s in platform.sites}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise NotFoundError(f"Unknown site: {', '.join(unknown)}.",
+                                allowed=", ".join(known) or "(the platform has no sites)")
+        local = [n for n in names if not isinstance(known[n].runtime, KubeRayRuntime)]
+        if local:
+            raise ConfigError(f"Site {', '.join(local)} has no kuberay runtime, so it has no KubeRay objects.",
+                              allowed=", ".join(s.name for s in kube) or "(no kuberay site)",
+                              hint="Set runtime: {kind: kuberay} for it in the platform file.")
+        kube = [known[n] for n in dict.fromkeys(names)]
+    if not kube:
+        raise ConfigError("The platform has no site with a kuberay runtime: nothing to render.",
+                          hint="Give a site `runtime: {kind: kuberay}` in the platform file.")
+    return kube
+
+
+def render(platform: PlatformConfig, target: Target, *, sites: list[str] | None = None,
+           serve: ServeConfig | None = None, model_uri: str | None = None, working_dir: str | None = None,
+           template_site: str | None = None) -> dict[str, list[dict]]:
+    """Relative file path -> objects. `kuberay`: `<site>/raycluster.yaml`, `<site>/rayservice.yaml`;
+    `karmada`: `templates/*.yaml`, `policies/propagation.yaml`, `policies/override-<site>.yaml` and
+    `policies/spread.yaml` when the RayService is spread. `template_site` (default: the first
+    rendered site) is the site the Karmada templates are rendered from.
+
+    Raises NotFoundError for an unknown site, ConfigError when no kuberay site is selected or the
+    sites cannot share one Karmada template, InputError for an unknown target."""
+    if target not in TARGETS:
+        raise InputError(f'Got "{target}" for the render target.', allowed=", ".join(TARGETS))
+    chosen = _kuberay_sites(platform, sites)
+    objects = {s.name: site_objects(s, serve, model_uri=model_uri, working_dir=working_dir) for s in chosen}
+    if target == "kuberay":
+        return {f"{name}/{kind}.yaml": [obj] for name, objs in objects.items() for kind, obj in objs.items()}
+    return _karmada(platform, chosen, objects, objects[_template_site(chosen, template_site).name])
+
+
+def _template_site(chosen: list[SiteConfig], name: str | None) -> SiteConfig:
+    if name is None:
+        return chosen[0]
+    found = next((s for s in chosen if s.name == name), None)
+    if found is None:
+        raise NotFoundError(f"Template site {name} is not among the rendered kuberay sites.",
+                            allowed=", ".join(s.name for s in chosen))
+    return found
+
+
+def _check_namespaces(platform: PlatformConfig, chosen: list[SiteConfig]) -> None:
+    ns = platform.karmada.namespace
+    off = [s.name for s in chosen if s.runtime.namespace != ns]
+    if off:
+        raise ConfigError(
+            f"Karmada propagates an object into its template's namespace ({ns}), but site "
+            f"{', '.join(off)} puts its Ray objects elsewhere.",
+            hint=f"Set runtime.namespace: {ns} for those sites, or karmada.namespace to theirs.")
+
+
+def _spread_sites(platform: PlatformConfig, chosen: list[SiteConfig]) -> list[str]:
+    spread = platform.karmada.spread.sites
+    if not spread:
+        return []
+    names = [s.name for s in chosen]
+    outside = [n for n in spread if n not in names]
+    if outside:
+        raise ConfigError(f"karmada.spread.sites names {', '.join(outside)}, which is not a rendered kuberay site.",
+                          allowed=", ".join(names))
+    left = [n for n in names if n not in spread]
+    if left:
+        raise ConfigError(
+            f"With karmada.spread.sites set, the one RayService template is spread over those sites; "
+            f"site {', '.join(left)} would get no RayService.",
+            hint="Add them to karmada.spread.sites, render them with --sites separately without a spread, "
+                 "or leave karmada.spread.sites empty.")
+    return list(spread)
+
+
+def _karmada(platform: PlatformConfig, chosen: list[SiteConfig], objects: dict[str, dict[str, dict]],
+             templates: dict[str, dict]) -> dict[str, list[dict]]:
+    """The templates are the template site's own objects; every site's differences from them,
+    that site included (none), go into its override file."""
+    _check_namespaces(platform, chosen)
+    k = platform.karmada
+    spread = _spread_sites(platform, chosen)
+    placed = [templates["raycluster"]] + ([] if spread else [templates["rayservice"]])
+    out: dict[str, list[dict]] = {
+        "templates/raycluster.yaml": [templates["raycluster"]],
+        "templates/rayservice.yaml": [templates["rayservice"]],
+        "policies/propagation.yaml": [policies.propagation_policy(
+            "adcp-ray-sites", placed, namespace=k.namespace, failover=k.failover, cluster_scoped=k.cluster_scoped,
+            match_expressions=policies.label_in(k.site_label, [label_value(s.name) for s in chosen]))],
+    }
+    for site in chosen:
+        out[f"policies/override-{site.name}.yaml"] = [
+            policies.site_override_policy(
+                dns_name("adcp-override", site.name, kind), templates[kind], objects[site.name][kind],
+                cluster=cluster_of(site), namespace=k.namespace, cluster_scoped=k.cluster_scoped,
+                divided=kind == "rayservice" and site.name in spread)
+            for kind in ("raycluster", "rayservice")]
+    if spread:
+        by_name = {s.name: s for s in chosen}
+        scheduling = policies.divided_scheduling(
+            spread, weighting=k.spread.weighting, weights=k.spread.weights,
+            cluster_of=lambda n: cluster_of(by_name[n]))
+        out["policies/spread.yaml"] = [policies.propagation_policy(
+            "adcp-serve-spread", [templates["rayservice"]], namespace=k.namespace, failover=k.failover,
+            replica_scheduling=scheduling, cluster_scoped=k.cluster_scoped,
+            match_expressions=policies.label_in(k.site_label, [label_value(n) for n in spread]))]
+    return out
+
+
+def write(rendered: dict[str, list[dict]], out: Path) -> list[Path]:
+    """Write each entry as a multi-document YAML file under `out`, atomically (a temp file renamed
+    into place); returns the paths. Raises InputError for a path that would leave `out`."""
+    root = Path(out).resolve()
+    written = []
+    for rel, objs in rendered.items():
+        path = (root / rel).resolve()
+        if root not in path.parents:
+            raise InputError(f"Rendered path {rel!r} leaves the output folder {root}.")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = yaml.safe_dump_all(objs, sort_keys=False, allow_unicode=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        written.append(path)
+    return written
+
+
+def load(paths: list[Path]) -> list[dict]:
+    """Every YAML document in `paths` (files, or folders searched for *.yaml/*.yml in name order).
+    Raises NotFoundError for a missing path, InputError for invalid YAML or a document that is
+    not a mapping."""
+    docs: list[dict] = []
+    for given in paths:
+        path = Path(given)
+        if not path.exists():
+            raise NotFoundError(f"{path} does not exist.")
+        files = sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()) \
+            if path.is_dir() else [path]
+        for file in files:
+            docs += _read(file)
+    return docs
+
+
+def _read(file: Path) -> list[dict]:
+    try:
+        found = [d for d in yaml.safe_load_all(file.read_text(encoding="utf-8")) if d is not None]
+    except yaml.YAMLError as e:
+        raise InputError(f"{file} is not valid YAML: {e}") from e
+    bad = [i for i, d in enumerate(found) if not isinstance(d, dict)]
+    if bad:
+        raise InputError(f"{file}: document {bad[0] + 1} is not a mapping (a Kubernetes object).")
+    return found
+
+
+def training_job(platform: PlatformConfig, site_name: str, *, name: str, entrypoint: str, runtime_env: dict,
+                 gpus: int, cluster: Literal["existing", "own"]) -> list[dict]:
+    """[RayJob, PropagationPolicy pinning it to the site's Karmada cluster], for a training job run
+    on borrowed capacity. Raises NotFoundError for an unknown site, ConfigError for a site without
+    a kuberay runtime."""
+    site = _kuberay_sites(platform, [site_name])[0]
+    job = with_registry(kuberay.ray_job(site, name=name, entrypoint=entrypoint, runtime_env=runtime_env,
+                                        cluster=cluster, gpus=gpus), site.registry)
+    return [job, policies.pinned_job_policy(job, cluster_of(site), namespace=job["metadata"]["namespace"])]
