@@ -48,7 +48,7 @@ def _crds() -> dict[tuple[str, str], dict[str, Any]]:
     """(apiVersion, kind) -> strict JSON schema of the served versions of every CRD file."""
     out: dict[tuple[str, str], dict[str, Any]] = {}
     for file in sorted(SCHEMAS.glob("*.yaml")):
-        crd = yaml.safe_load(file.read_text())
+        crd = yaml.load(file.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
         group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
         for version in crd["spec"]["versions"]:
             if not version.get("served", True):
