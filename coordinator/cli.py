@@ -630,6 +630,10 @@ from coordinator.cli_models import model as _model_group  # noqa: E402  (it need
 
 cli.add_command(_model_group)
 
+from coordinator.cli_kube import add_commands as _add_kube_commands  # noqa: E402
+
+_add_kube_commands(cli)  # render, apply, rebalance, site register, site discover
+
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `adcp` console script."""
