@@ -94,3 +94,16 @@ class ModelUnavailableError(AdcpError):
     """The Serve app has no model loaded (yet)."""
 
     http_status = 503
+
+
+class KubeError(SiteError):
+    """The Kubernetes (Karmada) apiserver could not be reached, refused the credentials, or failed a
+    request; `status` is the HTTP status when the apiserver answered."""
+
+    http_status = 502
+
+
+class KubeTimeoutError(KubeError):
+    """A wait on the apiserver (a Cluster becoming Ready, a rebalance finishing) passed its deadline."""
+
+    http_status = 504
