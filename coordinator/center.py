@@ -20,13 +20,16 @@ from typing import Any, Callable
 
 from configs.errors import AdcpError, InputError, JobError, NotFoundError, SiteError
 from configs.loader import validate
+from configs.platform import KarmadaGateway as KarmadaGatewayConfig
 from configs.platform import PlatformConfig, SiteConfig, default_home, load_platform
 from coordinator import bundle
 from coordinator.state import State
 from data.artifacts import ArtifactRef, ArtifactStore
 from data.images import download_image, push_to_registry
 from data.transfer import copy_artifact
+from karmada.discovery import discover
 from karmada.gateway import gateway_for
+from karmada.kube import Kube
 from raycluster.gateway import SiteGateway, site_status
 from raycluster.local import read_state
 
@@ -209,8 +212,29 @@ class Center:
 
         if not sites:
             return []
-        with ThreadPoolExecutor(max_workers=min(16, len(sites))) as pool:
-            return list(pool.map(one, sites))
+        with ThreadPoolExecutor(max_workers=min(16, len(sites) + 1)) as pool:
+            clusters = pool.submit(self._member_clusters, sites)
+            rows = list(pool.map(one, sites))
+            found = clusters.result()
+        for row, site in zip(rows, sites):
+            if isinstance(site.gateway, KarmadaGatewayConfig) and not site.local:
+                row["cluster"] = found.get(site.gateway.cluster) or {
+                    "cluster": site.gateway.cluster, "ready": False,
+                    "ready_message": found.get("", {}).get("error", "no such Cluster in Karmada")}
+        return rows
+
+    def _member_clusters(self, sites: list[SiteConfig]) -> dict[str, dict[str, Any]]:
+        """Karmada's view of the member clusters behind karmada-gateway sites (Ready condition,
+        free/total capacity from `status.resourceSummary`), by cluster name; {"": {"error": ...}}
+        when the Karmada apiserver cannot be read. Local sites are never Karmada members."""
+        if not any(isinstance(s.gateway, KarmadaGatewayConfig) and not s.local for s in sites):
+            return {}
+        cfg = self.config.karmada
+        try:
+            with Kube.connect(cfg.kubeconfig, cfg.context) as kube:
+                return {v["cluster"]: v for v in discover(kube, cfg.site_label)}
+        except AdcpError as e:
+            return {"": {"error": f"cannot read Karmada's clusters: {e}"}}
 
     # --- artifacts --------------------------------------------------------------------------
 

@@ -11,8 +11,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from configs.errors import InputError, SiteError
+from configs.kube import KubeRayRuntime
 from coordinator.center import CENTER, Center
 from data.artifacts import ArtifactRef
+from karmada.discovery import parse_quantity
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,9 @@ def _cap(res: dict[str, float]) -> str:
 
 
 def view(center: Center, exclude: set[str] = frozenset()) -> list[SiteView]:
-    """Every site's live free/total capacity (sites in `exclude` are marked unusable)."""
+    """Every site's live free/total capacity (sites in `exclude` are marked unusable). A KubeRay
+    site that autoscales also counts what its Ray cluster can still grow into: the member cluster's
+    free capacity as Karmada reports it, up to its worker groups' maxima."""
     views = []
     for s in center.status():
         if s["name"] in exclude:
@@ -88,8 +92,26 @@ def view(center: Center, exclude: set[str] = frozenset()) -> list[SiteView]:
             views.append(SiteView(s["name"], False, error=s.get("error", "unreachable")))
         else:
             res = s["resources"]
-            views.append(SiteView(s["name"], True, free=dict(_known(res["available"])), total=dict(_known(res["total"]))))
+            free, total = dict(_known(res["available"])), dict(_known(res["total"]))
+            runtime = center.site(s["name"]).runtime
+            if isinstance(runtime, KubeRayRuntime) and runtime.autoscaling and (s.get("cluster") or {}).get("ready"):
+                free, total = with_headroom(free, total, runtime, s["cluster"]["resources"]["available"])
+            views.append(SiteView(s["name"], True, free=free, total=total))
     return views
+
+
+def with_headroom(free: dict[str, float], total: dict[str, float], runtime: KubeRayRuntime,
+                  cluster_free: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
+    """(free, total) of a Ray cluster plus what its autoscaler can still add: per resource, the
+    smaller of the member cluster's free amount and the worker groups' maxima not yet running."""
+    most = {"CPU": sum(w.max_replicas * parse_quantity(w.resources.cpu) for w in runtime.workers),
+            "GPU": float(runtime.gpus)}
+    free, total = dict(free), dict(total)
+    for name, ceiling in most.items():
+        room = max(0.0, min(float(cluster_free.get(name, 0.0)), ceiling - total.get(name, 0.0)))
+        free[name] = free.get(name, 0.0) + room
+        total[name] = total.get(name, 0.0) + room
+    return free, total
 
 
 def _known(res: dict[str, Any]) -> dict[str, float]:

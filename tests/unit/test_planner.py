@@ -50,3 +50,58 @@ def test_asked_site_must_fit_and_exist():
     with pytest.raises(InputError, match="No site named fab-z"):
         choose("fab-a", Need(2), _views(fab_a=(4, 0)), "fab-z")
     assert choose("fab-a", Need(2), _views(fab_a=(4, 0), fab_b=(8, 0)), "fab-b") == ("fab-b", "asked for with --on")
+
+
+def _kuberay_site(name: str, *, autoscaling: bool = True):
+    from configs.platform import SiteConfig
+
+    return SiteConfig.model_validate({
+        "name": name, "store": {"url": "s3://b/" + name},
+        "runtime": {"kind": "kuberay", "autoscaling": autoscaling, "workers": [
+            {"name": "cpu", "replicas": 1, "max_replicas": 2, "resources": {"cpu": "4", "memory": "8Gi"}},
+            {"name": "gpu", "replicas": 0, "max_replicas": 2, "resources": {"cpu": "8", "memory": "32Gi", "gpus": 2}}]},
+        "gateway": {"kind": "karmada", "cluster": f"member-{name}"}})
+
+
+class _Center:
+    """What planner.view reads: status rows (Ray through the gateway + Karmada's Cluster view)."""
+
+    def __init__(self, sites, rows):
+        self._sites, self._rows = {s.name: s for s in sites}, rows
+
+    def status(self):
+        return self._rows
+
+    def site(self, name):
+        return self._sites[name]
+
+
+def _row(name, ray_free, ray_total, cluster_free=None, ready=True):
+    res = lambda d: {"CPU": d[0], "GPU": d[1], "memory": 0.0}  # noqa: E731
+    row = {"name": name, "reachable": True, "resources": {"available": res(ray_free), "total": res(ray_total)}}
+    if cluster_free is not None:
+        row["cluster"] = {"ready": ready, "resources": {"available": res(cluster_free)}}
+    return row
+
+
+def test_autoscaling_kuberay_site_counts_what_it_can_grow_into():
+    from coordinator.planner import view
+
+    # Ray runs one CPU worker (4 CPU), no GPU pod yet; the member cluster has 3 GPUs free, the
+    # worker groups could hold 4: the autoscaler can add 3
+    center = _Center([_kuberay_site("fab-b")], [_row("fab-b", (4, 0), (4, 0), cluster_free=(64, 3))])
+    [v] = view(center)
+    assert v.free["GPU"] == 3 and v.total["GPU"] == 3
+    assert v.free["CPU"] == 4 + (2 * 4 + 2 * 8 - 4)  # up to the groups' maxima, not the cluster's 64
+    site, _ = choose("fab-a", Need(1, 1), [SiteView("fab-a", True, free={"CPU": 4, "GPU": 0}), v], None)
+    assert site == "fab-b"
+
+
+@pytest.mark.parametrize("autoscaling, ready", [(False, True), (True, False)])
+def test_no_headroom_without_autoscaling_or_a_ready_cluster(autoscaling, ready):
+    from coordinator.planner import view
+
+    center = _Center([_kuberay_site("fab-b", autoscaling=autoscaling)],
+                     [_row("fab-b", (4, 0), (4, 0), cluster_free=(64, 3), ready=ready)])
+    [v] = view(center)
+    assert v.free == {"CPU": 4, "GPU": 0, "memory": 0.0}
