@@ -174,6 +174,16 @@ def platform_status(ctx: Context, as_json: bool) -> None:
             f"{avail.get('memory', 0) / gib:.1f}/{tot.get('memory', 0) / gib:.1f}",
             f"{r['store']} ({r['transfer']})", str(len(r.get("jobs", {}).get("running", []))), apps)
     console.print(table)
+    members = [r for r in rows if "cluster" in r]
+    if members:  # KubeRay sites: what Karmada reports of their member clusters
+        kt = Table("site", "Karmada cluster", "ready", "sync", "CPU free/total", "GPU free/total")
+        for r in members:
+            c = r["cluster"]
+            ctot, cav = c.get("resources", {}).get("total", {}), c.get("resources", {}).get("available", {})
+            kt.add_row(r["name"], c.get("cluster", "-"), "yes" if c.get("ready") else f"no ({c.get('ready_message', '')})",
+                       c.get("sync_mode", "-"), f"{cav.get('CPU', 0):g}/{ctot.get('CPU', 0):g}",
+                       f"{cav.get('GPU', 0):g}/{ctot.get('GPU', 0):g}")
+        console.print(kt)
 
 
 @cli.command("push")
