@@ -7,10 +7,15 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.adcp-installed
 TORCH := torch==2.13.0
 # Servers and tools the tests drive for real (Debian packages): skopeo + docker-registry for
-# container images. Installed once per machine; the stamp lives in the venv so a fresh clone
+# container images, prometheus for the PromQL path of monitoring, chromium for the dashboard's
+# browser tests. Installed once per machine; the stamp lives in the venv so a fresh clone
 # re-checks them.
-DEBS := skopeo docker-registry
+DEBS := skopeo docker-registry prometheus chromium
 DEB_STAMP := $(VENV)/.adcp-debs
+# The dashboard's chart library, from the npm registry (package-lock.json pins it); served by the
+# coordinator itself, never from a CDN.
+DASH := coordinator/dashboard
+NPM_STAMP := $(DASH)/node_modules/.adcp-installed
 
 .PHONY: demo test install install-test lint clean
 
@@ -32,9 +37,15 @@ $(DEB_STAMP): $(PY) Makefile
 	fi
 	touch $(DEB_STAMP)
 
-install: $(STAMP)
+$(NPM_STAMP): $(DASH)/package.json $(DASH)/package-lock.json
+	@command -v npm >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q npm >/dev/null; }
+	cd $(DASH) && npm ci --no-audit --no-fund --loglevel=error
+	touch $(NPM_STAMP)
 
-install-test: $(STAMP) $(DEB_STAMP)
+install: $(STAMP) $(NPM_STAMP)
+
+install-test: install $(DEB_STAMP)
 
 demo: install
 	$(VENV)/bin/adcp demo
@@ -46,4 +57,4 @@ test: install-test lint
 	$(PY) -m pytest
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache $(DASH)/node_modules
