@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from configs.errors import AdcpError, InputError
 from coordinator.api_models import add_model_routes
 from coordinator.center import CENTER, Center, PushPlan
+from coordinator.dashboard import add_dashboard_routes
 from coordinator.training import Trainer, TrainRequest
 from data.artifacts import KINDS
 
@@ -164,6 +165,7 @@ def create_app(center: Center, token: str, trainer: Trainer | None = None) -> Fa
         return center.transfer(transfer_id)
 
     add_model_routes(app, center, auth)
+    add_dashboard_routes(app, center, token)
     if trainer is not None:
         _job_routes(app, trainer, auth)
     return app
