@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from configs.platform import SiteConfig
+from coordinator.center import Center
 from coordinator.cli import main
 from karmada.gateway import KarmadaSiteGateway, forget_credentials, gateway_for
 from raycluster.gateway import site_status
@@ -137,8 +138,14 @@ def test_flows_through_the_karmada_proxy(platform, capsys, tmp_path):
         [(s.path, s.status) for s in proxy.seen if s.status >= 500]
 
 
-def test_wrong_token_and_unreachable_member_are_reported(platform, tmp_path):
+def test_metrics_scrape_and_bad_credentials(platform, tmp_path):
     proxy = PROXY[0]
+    # a Prometheus scrape of the site's Ray metrics, through the same proxy prefix
+    with Center.open(platform).gateway("fab-a").client("metrics") as client:
+        scraped = client.get("/metrics")
+    assert scraped.status_code == 200 and "ray_" in scraped.text
+    assert proxy.seen[-1].service == "adc-head-svc:8080" and proxy.seen[-1].path == "/metrics"
+
     bad = proxy.kubeconfig(tmp_path / "bad.kubeconfig", token="not-the-token")
     site = SiteConfig.model_validate({"name": "fab-x", "store": {"url": str(tmp_path / "s")},
                                       "gateway": {"kind": "karmada", "cluster": "member-fab-a", "kubeconfig": str(bad)}})
