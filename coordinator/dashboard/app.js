@@ -23,7 +23,7 @@
 
   const st = {
     overview: null, intervalMs: 5000, lastOk: 0, page: 0, pageSize: 12, rotateAt: Date.now() + ROTATE_MS,
-    tiles: new Map(), detail: null, windowS: 3600, detailCharts: [], detailGen: 0, detailTimer: null,
+    tiles: new Map(), detail: null, windowS: 3600, chartRange: [0, 1], detailCharts: [], detailGen: 0, detailTimer: null,
     loggedOut: false, timer: null,
   };
   const $ = (id) => document.getElementById(id);
@@ -47,6 +47,7 @@
     return Number.isInteger(v) ? String(v) : v.toFixed(1);
   }
   const FORMAT = { pct: fmtPct, bytes: fmtBytes, rate: fmtRate, num: fmtNum };
+  const Y_FLOOR = { pct: 100, bytes: 1024 ** 2, rate: 1024, num: 1 };  // an idle series still gets a readable axis
 
   function el(tag, attrs = {}, ...children) {
     const node = document.createElement(tag);
@@ -334,7 +335,10 @@
     const opts = {
       width: Math.max(200, box.clientWidth), height: 220, series,
       axes: [axis, { ...axis, size: 80, values: (u, vals) => vals.map((v) => fmt(v)) }],
-      scales: { x: { time: true }, y: unit === "pct" ? { range: [0, 100] } : { range: (u, min, max) => [0, Math.max(max, 1e-9)] } },
+      scales: {
+        x: { time: true, range: () => st.chartRange },  // the chosen window, even before it has filled
+        y: unit === "pct" ? { range: [0, 100] } : { range: (u, min, max) => [0, Math.max(max, Y_FLOOR[unit])] },
+      },
     };
     return fitChart(new uPlot(opts, [[], ...names.map(() => [])], box), box);
   }
@@ -410,6 +414,8 @@
   function drawCharts(site, gen, body) {
     if (gen !== st.detailGen) return;
     const series = body.series || {};
+    const since = isNum(body.since) ? body.since : Date.now() / 1000 - st.windowS;
+    st.chartRange = [since, since + st.windowS];  // the coordinator's clock, not the screen's
     for (const g of CHARTS) {
       const names = g.names.filter((n) => (series[n] || []).length > 0);
       let entry = st.detailCharts.find((c) => c.id === g.id);
