@@ -19,6 +19,7 @@ from configs.errors import ConfigError
 from configs.loader import validate
 from configs.kube import KarmadaConfig, KubeRayRuntime
 from configs.models import LocalSiteConfig, check_site_name
+from configs.monitoring import MonitoringConfig
 
 PLATFORM_FILE = Path(__file__).with_name("platform.yaml")
 _HOST_PORT = re.compile(r"^[A-Za-z0-9.-]+(:\d{1,5})?$")
@@ -69,9 +70,11 @@ class DirectGateway(_Strict):
     dashboard: str | None = Field(None, description="Ray dashboard / jobs API base URL")
     serve: str | None = Field(None, description="Ray Serve HTTP base URL")
     metrics: str | None = Field(None, description="Ray metrics endpoint URL")
+    prometheus: str | None = Field(None, description="Base URL of a site Prometheus; when set, the coordinator "
+                                   "reads the site's figures with PromQL (/api/v1/query) instead of scraping Ray")
     token_file: str | None = Field(None, description="File holding the site's Ray auth token")
 
-    @field_validator("dashboard", "serve", "metrics")
+    @field_validator("dashboard", "serve", "metrics", "prometheus")
     @classmethod
     def _http(cls, v: str | None) -> str | None:
         if v is not None and not re.match(r"^https?://[^\s/]+", v):
@@ -92,12 +95,14 @@ class KarmadaGateway(_Strict):
     dashboard_service: str = Field("adc-head-svc:8265", description="SERVICE:PORT of the Ray dashboard (jobs API)")
     serve_service: str = Field("adc-serve-serve-svc:8000", description="SERVICE:PORT of Ray Serve's HTTP proxy")
     metrics_service: str = Field("adc-head-svc:8080", description="SERVICE:PORT of the head's Ray metrics")
+    prometheus_service: str | None = Field(None, description="SERVICE:PORT of a site Prometheus; when set, the "
+                                           "coordinator reads the site's figures with PromQL through the proxy")
     token_file: str | None = Field(None, description="File holding the site's Ray auth token (sent as X-Ray-Authorization)")
 
-    @field_validator("dashboard_service", "serve_service", "metrics_service")
+    @field_validator("dashboard_service", "serve_service", "metrics_service", "prometheus_service")
     @classmethod
-    def _service(cls, v: str) -> str:
-        if not re.fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?:([a-z0-9-]+)", v):
+    def _service(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?:([a-z0-9-]+)", v):
             raise ValueError(f'Got "{v}": give SERVICE:PORT, e.g. adc-head-svc:8265 (a port number or name)')
         return v
 
@@ -179,6 +184,8 @@ class PlatformConfig(_Strict):
     center: CenterConfig = Field(default_factory=CenterConfig)
     karmada: KarmadaConfig = Field(default_factory=KarmadaConfig, description="Production only")
     sites: list[SiteConfig] = Field(default_factory=list)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig,
+                                         description="Collection interval, history and alert rules")
 
     @field_validator("sites")
     @classmethod

@@ -6,9 +6,11 @@ OpenAPI docs are at /docs and /openapi.json (they describe the API and hold no d
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import threading
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
@@ -20,7 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from configs.errors import AdcpError, InputError
 from coordinator.api_models import add_model_routes
+from coordinator.api_monitoring import add_monitoring_routes
 from coordinator.center import CENTER, Center, PushPlan
+from coordinator.monitoring import Monitor
 from coordinator.dashboard import add_dashboard_routes
 from coordinator.training import Trainer, TrainRequest
 from data.artifacts import KINDS
@@ -79,9 +83,23 @@ class JobIn(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict, description="Other TrainConfig/TuneConfig fields")
 
 
-def create_app(center: Center, token: str, trainer: Trainer | None = None) -> FastAPI:
-    app = FastAPI(title="ADC Platform coordinator", version="1",
+def create_app(center: Center, token: str, trainer: Trainer | None = None, monitor: Monitor | None = None) -> FastAPI:
+    """The API over `center`. `monitor` (default: one over the platform's monitoring settings) is
+    on `app.state.monitor`; it sweeps the sites while the app is served (started and stopped by
+    the app's lifespan)."""
+    monitor = monitor or Monitor(center)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        monitor.start()
+        try:
+            yield
+        finally:
+            monitor.stop()
+
+    app = FastAPI(title="ADC Platform coordinator", version="1", lifespan=lifespan,
                   description="Sites, artifacts and transfers of the ADC Platform.")
+    app.state.monitor = monitor
     bearer = HTTPBearer(auto_error=False)
 
     def require_token(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
@@ -165,6 +183,7 @@ def create_app(center: Center, token: str, trainer: Trainer | None = None) -> Fa
         return center.transfer(transfer_id)
 
     add_model_routes(app, center, auth)
+    add_monitoring_routes(app, center, monitor, require_token)
     add_dashboard_routes(app, center, token)
     if trainer is not None:
         _job_routes(app, trainer, auth)

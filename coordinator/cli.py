@@ -644,6 +644,10 @@ from coordinator.cli_kube import add_commands as _add_kube_commands  # noqa: E40
 
 _add_kube_commands(cli)  # render, apply, rebalance, site register, site discover
 
+from coordinator.cli_monitoring import add_commands as _add_monitoring_commands  # noqa: E402
+
+_add_monitoring_commands(cli)  # top, logs
+
 from coordinator.cli_dashboard import add_commands as _add_dashboard_commands  # noqa: E402
 
 _add_dashboard_commands(cli)  # dashboard --url

@@ -122,7 +122,8 @@ def karmada_gateway(site: SiteConfig, defaults: KarmadaConfig | None = None, *, 
     creds = _credentials(gw.kubeconfig or defaults.kubeconfig, gw.context or defaults.context)
     return KarmadaSiteGateway(
         site.name, cluster=gw.cluster, namespace=gw.namespace,
-        services={"dashboard": gw.dashboard_service, "serve": gw.serve_service, "metrics": gw.metrics_service},
+        services={"dashboard": gw.dashboard_service, "serve": gw.serve_service, "metrics": gw.metrics_service,
+                  **({"prometheus": gw.prometheus_service} if gw.prometheus_service else {})},
         ray_token=token or direct.read_token(gw.token_file), serve_http=serve_http, **creds)
 
 

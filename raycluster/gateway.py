@@ -23,8 +23,8 @@ from configs.errors import ConfigError, SiteError
 from configs.platform import DirectGateway as DirectGatewayConfig
 from configs.platform import SiteConfig
 
-Service = Literal["dashboard", "serve", "metrics"]
-SERVICES: tuple[str, ...] = ("dashboard", "serve", "metrics")
+Service = Literal["dashboard", "serve", "metrics", "prometheus"]
+SERVICES: tuple[str, ...] = ("dashboard", "serve", "metrics", "prometheus")
 
 
 class SiteGateway(ABC):
@@ -107,7 +107,7 @@ def gateway_for(site: SiteConfig, *, local_urls: dict[str, str] | None = None, t
     (its ports are picked at start, so they are not in the config)."""
     gw = site.gateway
     if isinstance(gw, DirectGatewayConfig):
-        urls = {"dashboard": gw.dashboard, "serve": gw.serve, "metrics": gw.metrics}
+        urls = {"dashboard": gw.dashboard, "serve": gw.serve, "metrics": gw.metrics, "prometheus": gw.prometheus}
         urls.update({k: v for k, v in (local_urls or {}).items() if v})
         return DirectGateway(site.name, urls, token or read_token(gw.token_file))
     raise ConfigError(

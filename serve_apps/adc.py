@@ -32,6 +32,7 @@ from ray.serve import Application
 from configs.models import ServeConfig, ServeUserConfig
 from serve_apps.api import build_api
 from serve_apps.classifier import AdcService, LoadedModel, torch_threads
+from serve_apps.metrics import AppMetrics
 
 __all__ = [
     "ADCDeployment",
@@ -93,10 +94,11 @@ class ADCDeployment:
         self.service = AdcService(
             runner=self._run, chunk=lambda: self._max_batch_size, device=device
         )
+        self.metrics = AppMetrics()  # on the site's Ray metrics endpoint (serve_apps.metrics)
         logger.info("ADC replica: %s, %s torch threads (assigned %s)", device, threads, assigned)
 
     def __serve_build_asgi_app__(self):
-        return build_api(self.service)
+        return build_api(self.service, self.metrics)
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply `user_config`: load a changed model off the event loop, then swap it in.
@@ -110,6 +112,7 @@ class ADCDeployment:
         self._batched.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
         self._max_batch_size = cfg.max_batch_size
         new = self.service.model
+        self.metrics.model(new.model_id if new else None)
         if self.service.reconfigure_error:
             logger.error(
                 "ADC reconfigure kept %s: %s", old.model_id, self.service.reconfigure_error

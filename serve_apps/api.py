@@ -10,6 +10,7 @@ Open Inference Protocol v2 under `/v2`.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -27,6 +28,7 @@ from configs.errors import (
 from configs.models import ServeUserConfig
 from serve_apps import oip
 from serve_apps.classifier import AdcService, check_count, check_encoded, decode_base64
+from serve_apps.metrics import AppMetrics
 
 __all__ = [
     "RAW_TYPES",
@@ -130,13 +132,23 @@ def _json_images(body: Any, cfg: ServeUserConfig) -> tuple[list[bytes], list[str
     return images, ids
 
 
-def build_api(service: AdcService) -> FastAPI:
-    """A FastAPI app serving `service` (one app per replica)."""
+def build_api(service: AdcService, metrics: AppMetrics | None = None) -> FastAPI:
+    """A FastAPI app serving `service` (one app per replica); `metrics` (the replica's) counts
+    requests, images, decisions and latency."""
     api = FastAPI(
         title="ADC inference",
         description="Automatic defect classification of AOI images.",
         version=oip.SERVER_VERSION,
     )
+    if metrics is not None:
+        _measure(api, metrics)
+
+    async def classify_counted(request: Request, images: list[Any], ids: list[Any] | None = None):
+        request.state.images = len(images)
+        result = await service.classify(images, ids)
+        if metrics is not None:
+            metrics.answers(result[2])
+        return result
 
     @api.exception_handler(AdcpError)
     async def _adcp_error(request: Request, e: AdcpError) -> JSONResponse:
@@ -201,7 +213,7 @@ def build_api(service: AdcService) -> FastAPI:
                 allowed=_SINGLE_ALLOWED,
                 hint="With curl: -H 'Content-Type: image/png' --data-binary @image.png",
             )
-        _, _, answers = await service.classify([data], [ident])
+        _, _, answers = await classify_counted(request, [data], [ident])
         return JSONResponse(answers[0])
 
     @api.post("/v1/classify/batch")
@@ -226,7 +238,7 @@ def build_api(service: AdcService) -> FastAPI:
                 f"Content-Type {media or '(none)'!r} is not accepted for a batch.",
                 allowed=_BATCH_ALLOWED,
             )
-        model, _, answers = await service.classify(images, ids)
+        model, _, answers = await classify_counted(request, images, ids)
         return JSONResponse({"results": answers, "model_version": model.model_id})
 
     # -- Open Inference Protocol v2 -------------------------------------------------------
@@ -287,8 +299,24 @@ def build_api(service: AdcService) -> FastAPI:
         # Raw pixels as JSON numbers take up to ~4 bytes each ("255,").
         limit = max(body_limit(cfg, cfg.max_images_per_request, base64=True), 64 * 1024 * 1024)
         req = oip.parse_infer(await _read_json(request, limit), cfg)
-        model, probs, answers = await service.classify(req.images)
+        model, probs, answers = await classify_counted(request, req.images)
         return JSONResponse(oip.infer_response(req, model, probs, answers))
 
     api.include_router(v2)
     return api
+
+
+def _measure(api: FastAPI, metrics: AppMetrics) -> None:
+    """Count every request (route, status, images) and its latency, errors included."""
+
+    @api.middleware("http")
+    async def _count(request: Request, call_next):
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            metrics.request(request.url.path, status, time.perf_counter() - started,
+                            getattr(request.state, "images", 0))

@@ -1,0 +1,108 @@
+"""Alert rules evaluated after each sweep: a condition must hold for the rule's `for_s` before its
+alert fires, and the alert resolves at the first evaluation where it no longer holds.
+
+Alerts live in memory (the coordinator's lifetime): active ones, plus the last `keep_resolved`
+resolved ones for `GET /api/v1/alerts?all=true`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from configs.monitoring import AlertRule
+
+__all__ = ["AlertEngine", "iso"]
+
+
+def iso(t: float | None) -> str | None:
+    return None if t is None else datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class _Alert:
+    rule: AlertRule
+    site: str
+    pending_since: float
+    fired_at: float | None = None
+    resolved_at: float | None = None
+    value: float | None = None
+
+    @property
+    def id(self) -> str:
+        return f"{self.rule.name}:{self.site}:{int(self.pending_since)}"
+
+    def message(self) -> str:
+        r = self.rule
+        if r.kind == "site_unreachable":
+            return f"{self.site} unreachable for {r.for_s:g} s or more"
+        return f"{self.site}: {r.metric} {self.value:.4g} above {r.threshold:g} for {r.for_s:g} s or more"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "rule": self.rule.name, "kind": self.rule.kind, "site": self.site,
+                "severity": self.rule.severity, "message": self.message(), "description": self.rule.description,
+                "value": self.value, "since": iso(self.pending_since), "fired_at": iso(self.fired_at),
+                "resolved_at": iso(self.resolved_at), "active": self.resolved_at is None}
+
+
+class AlertEngine:
+    """The state of every (rule, site) pair."""
+
+    def __init__(self, rules: list[AlertRule], keep_resolved: int = 200) -> None:
+        self.rules = list(rules)
+        self._lock = threading.Lock()
+        self._open: dict[tuple[str, str], _Alert] = {}  # pending or firing
+        self._resolved: deque[_Alert] = deque(maxlen=keep_resolved)
+
+    def evaluate(self, site: str, now: float, reachable: bool, figures: Mapping[str, float]) -> None:
+        """Update every rule for one site after a read at `now`."""
+        with self._lock:
+            for rule in self.rules:
+                key = (rule.name, site)
+                holds, value = self._holds(rule, reachable, figures)
+                alert = self._open.get(key)
+                if not holds:
+                    if alert is not None:
+                        del self._open[key]
+                        if alert.fired_at is not None:
+                            alert.resolved_at = now
+                            self._resolved.append(alert)
+                    continue
+                if alert is None:
+                    alert = self._open[key] = _Alert(rule, site, pending_since=now)
+                alert.value = value
+                if alert.fired_at is None and now - alert.pending_since >= rule.for_s:
+                    alert.fired_at = now
+
+    @staticmethod
+    def _holds(rule: AlertRule, reachable: bool, figures: Mapping[str, float]) -> tuple[bool, float | None]:
+        if rule.kind == "site_unreachable":
+            return not reachable, None
+        if not reachable:
+            return False, None  # a dead site's old figures say nothing new; the unreachable rule speaks
+        value = figures.get(rule.metric or "")
+        return (value is not None and value > (rule.threshold or 0.0)), value
+
+    def forget(self, site: str) -> None:
+        """Drop a removed site's alerts."""
+        with self._lock:
+            for key in [k for k in self._open if k[1] == site]:
+                del self._open[key]
+
+    def active(self, site: str | None = None) -> list[dict[str, Any]]:
+        """Firing alerts, most severe first, then oldest first."""
+        order = {"critical": 0, "warning": 1, "info": 2}
+        with self._lock:
+            firing = [a for a in self._open.values() if a.fired_at is not None and (site is None or a.site == site)]
+            firing.sort(key=lambda a: (order[a.rule.severity], a.pending_since, a.site))
+            return [a.to_dict() for a in firing]
+
+    def all(self) -> list[dict[str, Any]]:
+        """Firing alerts, then resolved ones newest first."""
+        with self._lock:
+            resolved = [a.to_dict() for a in reversed(self._resolved)]
+        return self.active() + resolved

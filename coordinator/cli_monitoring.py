@@ -1,0 +1,162 @@
+"""`adcp top` and `adcp logs`: every site's health and load in the terminal, and a site's Ray job or
+Serve replica logs, read from the running coordinator's API when one runs (its monitor has the
+history and rates), else from a Monitor in this process.
+
+`coordinator.cli` calls `add_commands(cli)` at its end; like `cli_kube`, nothing is taken from
+`coordinator.cli` at import time.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from configs.errors import InputError
+
+if TYPE_CHECKING:
+    from coordinator.cli import Context
+
+__all__ = ["add_commands", "logs_cmd", "new_lines", "top_cmd", "top_table"]
+
+_TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+_HEALTH_STYLE = {"ok": "green", "warn": "yellow", "down": "bold red"}
+
+
+class _Source:
+    """The coordinator's API when it runs, else a local Monitor."""
+
+    def __init__(self, ctx: Context) -> None:
+        from coordinator import server
+
+        self.client = None
+        self.monitor = None
+        if server.running(ctx.ws.home) is not None:
+            from coordinator.client import CoordinatorClient
+
+            self.client = CoordinatorClient(ctx.ws.home, timeout_s=30)
+        else:
+            from coordinator.monitoring import Monitor
+
+            self.monitor = Monitor(ctx.center)
+
+    def overview(self) -> dict[str, Any]:
+        if self.client is not None:
+            return self.client.call("GET", "/overview")
+        self.monitor.sweep()
+        return self.monitor.overview()
+
+    def logs(self, site: str, job: str | None, lines: int) -> dict[str, Any]:
+        if self.client is not None:
+            params: dict[str, Any] = {"lines": lines, **({"job": job} if job else {})}
+            return self.client.call("GET", f"/sites/{site}/logs", params=params)
+        return self.monitor.logs(site, job=job, lines=lines)
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        if self.monitor is not None:
+            self.monitor.stop()
+
+
+def _fmt(value: Any, unit: str = "", scale: float = 1.0, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    return f"{value / scale:.{digits}f}{unit}"
+
+
+def top_table(overview: dict[str, Any]) -> Any:
+    """A rich Table of every site (worst health first) with the totals in its caption."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    t = overview["totals"]
+    table = Table("site", "health", "CPU", "mem", "disk", "net in/out", "GPU", "jobs", "serve", "req/s", "auto",
+                  title=f"ADC Platform: {t['up']}/{t['sites']} sites up, {t['alerts_active']} alerts",
+                  caption=f"{t['jobs_running']} jobs running, {t['inference_rps']:.1f} req/s, "
+                          f"{t['images_total']} images classified; at {overview['generated_at']}")
+    order = {"down": 0, "warn": 1, "ok": 2}
+    for s in sorted(overview["sites"], key=lambda s: (order.get(s["health"], 0), s["name"])):
+        v = s["latest"]
+        mem = f"{_fmt(v.get('mem_used'), '', 2**30, 1)}/{_fmt(v.get('mem_total'), ' GiB', 2**30, 1)}"
+        net = f"{_fmt(v.get('net_rx_bps'), '', 1e3, 0)}/{_fmt(v.get('net_tx_bps'), ' kB/s', 1e3, 0)}"
+        health = s["health"] if s["reachable"] else f"{s['health']} ({escape((s['error'] or '')[:40])})"
+        table.add_row(escape(s["name"]), f"[{_HEALTH_STYLE.get(s['health'], '')}]{health}[/]",
+                      _fmt(v.get("cpu_util"), " %", digits=1), mem, _fmt(v.get("disk_util"), " %", digits=0), net,
+                      _fmt(v.get("gpu_util"), " %", digits=0), str(s["jobs"]["running"]),
+                      escape(str(s["serve"].get("status", "-"))), _fmt(v.get("inference_rps"), digits=1),
+                      _fmt(s.get("automation_rate"), " %", 0.01, 0))
+    return table
+
+
+@click.command("top")
+@click.option("--once", is_flag=True, help="Print one frame and exit.")
+@click.option("--interval", type=float, default=None,
+              help="Seconds between frames (default: the monitor's collection interval).")
+@click.pass_obj
+def top_cmd(ctx: Context, once: bool, interval: float | None) -> None:
+    """A live view of every site's health and load (Ctrl-C to quit)."""
+    from rich.live import Live
+
+    from coordinator.cli import console
+
+    if interval is not None and interval <= 0:
+        raise click.UsageError(f"--interval must be positive; got {interval}.")
+    source = _Source(ctx)
+    try:
+        overview = source.overview()
+        if once:
+            console.print(top_table(overview))
+            return
+        every = interval or float(overview.get("interval_s") or 5)
+        with Live(top_table(overview), console=console, screen=False, auto_refresh=False) as live:
+            while True:
+                time.sleep(every)  # the refresh period of a live view, not a wait on a condition
+                live.update(top_table(source.overview()), refresh=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        source.close()
+
+
+def new_lines(before: list[str], now: list[str]) -> list[str]:
+    """The lines of the tail `now` that follow what the tail `before` already showed."""
+    for k in range(min(len(before), len(now)), 0, -1):
+        if before[-k:] == now[:k]:
+            return now[k:]
+    return now
+
+
+@click.command("logs")
+@click.option("--site", "site", required=True, help="The site.")
+@click.option("--job", default=None, help="A Ray job (submission) id; default: the Serve replicas' logs.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines (until Ctrl-C, or the job ends).")
+@click.option("--lines", "-n", type=int, default=200, show_default=True, help="Last lines to show.")
+@click.option("--interval", type=float, default=1.0, show_default=True, help="Seconds between polls with --follow.")
+@click.pass_obj
+def logs_cmd(ctx: Context, site: str, job: str | None, follow: bool, lines: int, interval: float) -> None:
+    """A site's Ray job log or Serve replica logs, through its gateway."""
+    if lines < 1:
+        raise InputError(f"Got {lines} for --lines.", allowed="a positive number")
+    source = _Source(ctx)
+    try:
+        shown: list[str] = []
+        while True:
+            body = source.logs(site, job, lines)
+            for line in new_lines(shown, body["lines"]):
+                click.echo(line)
+            shown = body["lines"]
+            if not follow or body.get("status") in _TERMINAL:
+                return
+            time.sleep(interval)  # the poll period of a follow, which ends on Ctrl-C or the job's end
+    except KeyboardInterrupt:
+        pass
+    finally:
+        source.close()
+
+
+def add_commands(cli: click.Group) -> None:
+    """Add `top` and `logs` to `cli`."""
+    cli.add_command(top_cmd)
+    cli.add_command(logs_cmd)
