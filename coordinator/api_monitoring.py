@@ -72,10 +72,16 @@ def add_monitoring_routes(app: FastAPI, center: Center, monitor: Monitor, requir
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    cached: dict[str, Any] = {"key": None, "body": b""}
+
     @app.get(f"{_PREFIX}/overview", dependencies=auth, tags=["monitoring"])
     def overview() -> Response:
-        """Every site's health, latest figures and sparklines; totals; firing alerts."""
-        return _json(monitor.overview())
+        """Every site's health, latest figures and sparklines; totals; firing alerts. The body is
+        built once per sweep and at most once a second (a wall of screens polls the same one)."""
+        key = (monitor.sweeps, int(time.monotonic()))
+        if cached["key"] != key:
+            cached["body"], cached["key"] = json.dumps(monitor.overview(), separators=(",", ":")), key
+        return Response(cached["body"], media_type="application/json")
 
     @app.get(f"{_PREFIX}/sites/{{site}}/metrics", dependencies=auth, tags=["monitoring"])
     def site_metrics(site: str,

@@ -69,10 +69,10 @@ def _fmt(value: Any, unit: str = "", scale: float = 1.0, digits: int = 0) -> str
 def top_table(overview: dict[str, Any]) -> Any:
     """A rich Table of every site (worst health first) with the totals in its caption."""
     from rich.markup import escape
-    from rich.table import Table
+    from rich.table import Column, Table
 
     t = overview["totals"]
-    table = Table("site", "health", "CPU", "mem", "disk", "net in/out", "GPU", "jobs", "serve", "req/s", "auto",
+    table = Table(Column("site", no_wrap=True), Column("health", no_wrap=True), "CPU", "mem", "disk", "net in/out", "GPU", "jobs", "serve", "req/s", "auto",
                   title=f"ADC Platform: {t['up']}/{t['sites']} sites up, {t['alerts_active']} alerts",
                   caption=f"{t['jobs_running']} jobs running, {t['inference_rps']:.1f} req/s, "
                           f"{t['images_total']} images classified; at {overview['generated_at']}")
