@@ -12,6 +12,7 @@ routes from `app.state.monitor` (the `coordinator.monitoring.Monitor`) behind a 
 from __future__ import annotations
 
 import html
+import json
 import secrets
 import time
 from pathlib import Path
@@ -142,9 +143,11 @@ def _data_routes(app: FastAPI, auth: DashboardAuth, center: Center) -> None:
         if monitor is None:
             return _error(SiteError("Monitoring is not running in this coordinator."))
         try:
-            return JSONResponse(read(monitor), headers=_HEADERS)
+            body = read(monitor)
         except AdcpError as e:
             return _error(e)
+        # Serialised like the API's monitoring routes, so the page reads exactly the API's body.
+        return Response(json.dumps(body, separators=(",", ":")), media_type="application/json", headers=_HEADERS)
 
     @app.get(f"{base}/overview", include_in_schema=False)
     def overview(request: Request) -> Response:

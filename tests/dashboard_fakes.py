@@ -25,6 +25,7 @@ class FakeMonitor:
         self.names = names or [f"site-{i:03d}" for i in range(n)]
         self.interval_s = interval_s
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
+        self.sweeps = 0  # the API's overview route keys its cache on it
 
     def _health(self, i: int) -> str:
         return "down" if i % 10 == 9 else "warn" if i % 7 == 6 else "ok"

@@ -337,7 +337,7 @@
       axes: [axis, { ...axis, size: 80, values: (u, vals) => vals.map((v) => fmt(v)) }],
       scales: {
         x: { time: true, range: () => st.chartRange },  // the chosen window, even before it has filled
-        y: unit === "pct" ? { range: [0, 100] } : { range: (u, min, max) => [0, Math.max(max, Y_FLOOR[unit])] },
+        y: unit === "pct" ? { range: [0, 100] } : { range: (u, min, max) => [0, Math.max(max * 1.1, Y_FLOOR[unit])] },
       },
     };
     return fitChart(new uPlot(opts, [[], ...names.map(() => [])], box), box);

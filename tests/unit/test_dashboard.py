@@ -265,3 +265,22 @@ def test_every_element_the_script_looks_up_is_in_the_page():
     assert ids, "the script looks up no elements?"
     missing = sorted(i for i in ids if f'id="{i}"' not in page)
     assert not missing
+
+
+def test_the_coordinator_app_serves_the_dashboard_with_the_apis_bodies(tmp_path):
+    from coordinator.api import create_app
+    from coordinator.center import Center
+    from tests.platform_fixtures import platform_yaml
+
+    platform = tmp_path / "platform.yaml"
+    platform.write_text(platform_yaml({"fab-a": {}, "fab-b": {}}))
+    center = Center.open(tmp_path / "home", platform)
+    try:
+        client = TestClient(create_app(center, TOKEN, monitor=FakeMonitor(["fab-a", "fab-b"])))
+        client.get(_login_url(client), follow_redirects=False)
+        page = client.get("/dashboard/data/overview").json()
+        api = client.get("/api/v1/overview", headers=BEARER).json()
+        assert page["totals"] == api["totals"] and [s["name"] for s in page["sites"]] == ["fab-a", "fab-b"]
+        assert client.get("/api/v1/overview").status_code == 401  # the cookie is no API credential
+    finally:
+        center.close()
