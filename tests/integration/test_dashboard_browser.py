@@ -125,7 +125,7 @@ def _same_figures(screen: Page, api: dict) -> bool:
     """The figures that do not move between two reads: memory size per site and the GPU total."""
     page = [screen.value(f"{s}:mem_total") for s in ("fab-a", "fab-b")] + [screen.value("total:gpus_total")]
     want = [_site(api, s)["latest"]["mem_total"] for s in ("fab-a", "fab-b")] + [api["totals"]["gpus_total"]]
-    return all(p not in (None, "") and float(p) == float(w) for p, w in zip(page, want)) and want[-1] == 2
+    return all(p not in (None, "") and float(p) == float(w) for p, w in zip(page, want, strict=True)) and want[-1] == 2
 
 
 # --- 100 made-up sites, the same routes, no Ray ---------------------------------------------
@@ -174,6 +174,11 @@ def test_hundred_sites_sort_down_first_and_page(fake_coordinator, browser):
         want = next(s for s in fake_coordinator.monitor.overview()["sites"] if s["name"] == name)
         assert float(screen.value(f"{name}:mem_total")) == want["latest"]["mem_total"]
         assert screen.value("total:sites") == "100"
+        # Live: the next poll (interval_s = 1 s here) rewrites the page without a reload.
+        screen.page.evaluate("window.notReloaded = true")
+        stamp = screen.page.locator("#freshness").text_content()
+        playwright_api.expect(screen.page.locator("#freshness")).not_to_have_text(stamp, timeout=15_000)
+        assert screen.page.evaluate("window.notReloaded === true")
         assert screen.errors == []
     finally:
         screen.close()
