@@ -98,6 +98,13 @@ class KarmadaGateway(_Strict):
     prometheus_service: str | None = Field(None, description="SERVICE:PORT of a site Prometheus; when set, the "
                                            "coordinator reads the site's figures with PromQL through the proxy")
     token_file: str | None = Field(None, description="File holding the site's Ray auth token (sent as X-Ray-Authorization)")
+    training: Literal["jobs-api", "rayjob"] = Field(
+        "jobs-api",
+        description="How training runs are submitted: jobs-api (Ray's jobs API through the proxy) or rayjob "
+        "(a KubeRay RayJob plus a PropagationPolicy pinning it to this cluster, applied to the Karmada "
+        "apiserver; needs a kuberay runtime)")
+    rayjob_cluster: Literal["existing", "own"] = Field(
+        "existing", description="rayjob: run on the site's RayCluster, or on a cluster of the job's own sized for its GPUs")
 
     @field_validator("dashboard_service", "serve_service", "metrics_service", "prometheus_service")
     @classmethod
@@ -163,6 +170,10 @@ class SiteConfig(_Strict):
         if not self.local and self.gateway.kind == "direct" and not self.gateway.dashboard:
             raise ValueError(f"site {self.name}: a site that is not local needs gateway.dashboard "
                              "(or gateway.kind: karmada)")
+        if (self.gateway.kind == "karmada" and self.gateway.training == "rayjob"
+                and not isinstance(self.runtime, KubeRayRuntime)):
+            raise ValueError(f"site {self.name}: gateway.training rayjob needs runtime.kind kuberay "
+                             "(the RayJob is built from it)")
         return self
 
     @property

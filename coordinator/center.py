@@ -30,6 +30,7 @@ from data.transfer import copy_artifact
 from karmada.discovery import discover
 from karmada.gateway import gateway_for
 from karmada.kube import Kube
+from karmada.rayjobs import RayJobClient
 from raycluster.gateway import SiteGateway, site_status
 from raycluster.local import read_state
 
@@ -190,6 +191,16 @@ class Center:
             urls = {"dashboard": local.dashboard_url, "serve": local.serve_url, "metrics": local.metrics_url}
             return gateway_for(site, karmada=self.config.karmada, local_urls=urls, token=local.token)
         return gateway_for(site, karmada=self.config.karmada)
+
+    def job_client(self, name: str) -> Any:
+        """What submits and follows training runs at a site: Ray's `JobSubmissionClient` through the
+        gateway, or for a Karmada site with `training: rayjob` a client that applies RayJobs to the
+        Karmada apiserver (same methods)."""
+        site = self.site(name)
+        gateway = self.gateway(name)
+        if isinstance(site.gateway, KarmadaGatewayConfig) and site.gateway.training == "rayjob":
+            return RayJobClient(self.config, site, gateway)
+        return gateway.job_client()
 
     def store(self, name: str) -> ArtifactStore:
         if name == CENTER:

@@ -138,7 +138,7 @@ class Trainer:
             return ""
         a = job["attempts"][attempt]
         try:
-            return self.center.gateway(a["site"]).job_client().get_job_logs(a["submission_id"])
+            return self.center.job_client(a["site"]).get_job_logs(a["submission_id"])
         except Exception as e:  # the site may be gone; say so instead of failing
             return f"(logs of {a['submission_id']} at {a['site']} are not readable: {e})\n"
 
@@ -150,7 +150,7 @@ class Trainer:
         if job["attempts"]:
             a = job["attempts"][-1]
             try:
-                self.center.gateway(a["site"]).job_client().stop_job(a["submission_id"])
+                self.center.job_client(a["site"]).stop_job(a["submission_id"])
             except Exception as e:
                 log.warning("stopping %s at %s: %s", a["submission_id"], a["site"], e)
         return self.job(job_id)
@@ -226,14 +226,15 @@ class Trainer:
         refs = [dataset, code.ref] + ([ArtifactRef.parse(attempt["init_checkpoint"])] if attempt["init_checkpoint"] else [])
         for ref in refs:
             self.center.push(ref, [site])
-        client = self.center.gateway(site).job_client()
+        client = self.center.job_client(site)
         if not _exists(client, attempt["submission_id"]):
             # objects are content-addressed: the bundle's key at the site is its key at the center
             working_dir = store.object_url(self.center.central.manifest(code.ref).entry(bundle.BUNDLE_FILE))
             client.submit_job(entrypoint=self._entrypoint(job, req, attempt, dataset, code.ref.version),
                               submission_id=attempt["submission_id"],
                               runtime_env={"working_dir": working_dir, "env_vars": dict(_SITE_ENV)},
-                              entrypoint_num_cpus=0, metadata={"adcp_job": job["id"], "for": job["origin"]})
+                              entrypoint_num_cpus=0,
+                              metadata={"adcp_job": job["id"], "for": job["origin"], "gpus": str(req.gpus)})
         attempt.update(status="running", submitted_at=attempt.get("submitted_at") or time.time())
         job["status"] = "running"
         self.center.state.put_job(job)
@@ -268,7 +269,7 @@ class Trainer:
         last_seen = time.monotonic()
         while True:
             try:
-                status = self.center.gateway(attempt["site"]).job_client().get_job_status(attempt["submission_id"])
+                status = self.center.job_client(attempt["site"]).get_job_status(attempt["submission_id"])
                 last_seen = time.monotonic()
             except Exception as e:  # connection refused, site stopped, 5xx: lost only after a grace time
                 if time.monotonic() - last_seen > self.lost_after_s:
@@ -279,7 +280,7 @@ class Trainer:
             if status.is_terminal():
                 return status.value
             if job["id"] in self._stop:
-                self.center.gateway(attempt["site"]).job_client().stop_job(attempt["submission_id"])
+                self.center.job_client(attempt["site"]).stop_job(attempt["submission_id"])
             time.sleep(self.poll_s)  # poll interval of a job that runs for minutes
 
     def _relay_checkpoints(self, job: dict[str, Any], site: str) -> None:
@@ -344,7 +345,7 @@ class Trainer:
 
     def _tune_summary(self, attempt: dict[str, Any]) -> dict[str, Any] | None:
         """The best trial, from the `ADCP_TUNE {...}` line the search printed."""
-        logs = self.center.gateway(attempt["site"]).job_client().get_job_logs(attempt["submission_id"])
+        logs = self.center.job_client(attempt["site"]).get_job_logs(attempt["submission_id"])
         for line in reversed(logs.splitlines()):
             if "ADCP_TUNE " in line:
                 try:
@@ -357,7 +358,7 @@ class Trainer:
 
     def _job_message(self, attempt: dict[str, Any]) -> str:
         try:
-            info = self.center.gateway(attempt["site"]).job_client().get_job_info(attempt["submission_id"])
+            info = self.center.job_client(attempt["site"]).get_job_info(attempt["submission_id"])
             return f"Ray job {info.status}: {info.message or ''}".strip()
         except Exception as e:
             return f"Ray job failed ({e})"

@@ -220,11 +220,11 @@ def _read(file: Path) -> list[dict]:
 
 
 def training_job(platform: PlatformConfig, site_name: str, *, name: str, entrypoint: str, runtime_env: dict,
-                 gpus: int, cluster: Literal["existing", "own"]) -> list[dict]:
+                 gpus: int, cluster: Literal["existing", "own"], job_id: str | None = None) -> list[dict]:
     """[RayJob, PropagationPolicy pinning it to the site's Karmada cluster], for a training job run
     on borrowed capacity. Raises NotFoundError for an unknown site, ConfigError for a site without
     a kuberay runtime."""
     site = _kuberay_sites(platform, [site_name])[0]
     job = with_registry(kuberay.ray_job(site, name=name, entrypoint=entrypoint, runtime_env=runtime_env,
-                                        cluster=cluster, gpus=gpus), site.registry)
+                                        cluster=cluster, gpus=gpus, job_id=job_id), site.registry)
     return [job, policies.pinned_job_policy(job, cluster_of(site), namespace=job["metadata"]["namespace"])]

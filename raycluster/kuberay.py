@@ -106,8 +106,10 @@ def ray_service(site: SiteConfig, serve: ServeConfig | None = None, *, model_uri
 def ray_job(site: SiteConfig, *, name: str, entrypoint: str, runtime_env: dict | None = None,
             cluster: Literal["existing", "own"] = "existing", gpus: int = 0, cpus: float = 0,
             shutdown_after_finish: bool = True, ttl_s: int = 3600,
-            submission_mode: str = "K8sJobMode", active_deadline_s: int | None = None) -> dict:
-    """A RayJob running `entrypoint` at the site.
+            submission_mode: str = "K8sJobMode", active_deadline_s: int | None = None,
+            job_id: str | None = None) -> dict:
+    """A RayJob running `entrypoint` at the site (`job_id`: the Ray submission id KubeRay uses, so
+    the job's logs and status can also be read through the site's jobs API).
 
     `cluster="existing"` selects the site's RayCluster (`ray_cluster(site)`); KubeRay never deletes
     a selected cluster, so shutdown/TTL are left out. `cluster="own"` gives the job its own
@@ -136,6 +138,8 @@ def ray_job(site: SiteConfig, *, name: str, entrypoint: str, runtime_env: dict |
             spec["ttlSecondsAfterFinished"] = ttl_s
     if active_deadline_s is not None:
         spec["activeDeadlineSeconds"] = active_deadline_s
+    if job_id:
+        spec["jobId"] = job_id
     return {"apiVersion": API_VERSION, "kind": "RayJob",
             "metadata": metadata(dns_label(name, MAX_NAME), rt, lbl, name), "spec": spec}
 

@@ -9,7 +9,9 @@ over HTTPS with a self-signed CA, requires the kubeconfig's bearer token (401 wi
 else (including `X-Ray-Authorization`) to the local site the test maps that cluster/service to.
 An unknown cluster answers 404; a cluster whose member cannot be dialed answers 503, as the real
 proxy does for an unreachable Pull-mode member. It does not emulate Kubernetes RBAC, impersonation,
-or the apiserver's own endpoints.
+or the apiserver's own endpoints: with `apiserver=URL` every path outside the proxy shape is forwarded
+there unchanged, `Authorization` included (the Kubernetes API test double of `tests/fake_kube.py`
+behind the same address and token, as one real apiserver serves both).
 """
 
 from __future__ import annotations
@@ -86,8 +88,8 @@ def self_signed(tmp: Path) -> tuple[Path, Path, bytes]:
 class KarmadaProxy:
     """The running proxy: `url`, `token`, `ca_pem`, `seen` (every request), `kubeconfig(path)`."""
 
-    def __init__(self, resolve: Resolver, token: str, tmp: Path) -> None:
-        self.resolve, self.token, self.seen = resolve, token, []
+    def __init__(self, resolve: Resolver, token: str, tmp: Path, apiserver: str | None = None) -> None:
+        self.resolve, self.token, self.seen, self.apiserver = resolve, token, [], apiserver
         cert, key, self.ca_pem = self_signed(tmp)
         self._upstream = httpx.Client(timeout=120)
         proxy = self
@@ -105,7 +107,10 @@ class KarmadaProxy:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 if self.command != "HEAD":
-                    self.wfile.write(body)
+                    try:
+                        self.wfile.write(body)
+                    except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
+                        pass  # the client went away (a timed-out poll): nothing to answer
 
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
@@ -114,6 +119,11 @@ class KarmadaProxy:
                     return self._answer(401, _status(401, "Unauthorized", "Unauthorized"))
                 path, _, query = self.path.partition("?")
                 m = PATH.match(path)
+                if not m and proxy.apiserver:
+                    keep = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP - {"authorization"}}
+                    r = proxy._upstream.request(self.command, proxy.apiserver + self.path, content=body, headers=keep)
+                    return self._answer(r.status_code, r.content,
+                                        {k: v for k, v in r.headers.items() if k.lower() not in HOP_BY_HOP})
                 if not m:
                     return self._answer(404, _status(404, "NotFound", f"the server could not find {path}"))
                 cluster, ns, svc = m["cluster"], m["ns"], m["svc"]
@@ -173,8 +183,9 @@ class KarmadaProxy:
 
 
 @contextlib.contextmanager
-def karmada_proxy(resolve: Resolver, tmp: Path, token: str = "karmada-test-token") -> Iterator[KarmadaProxy]:
-    proxy = KarmadaProxy(resolve, token, tmp).start()
+def karmada_proxy(resolve: Resolver, tmp: Path, token: str = "karmada-test-token",
+                  apiserver: str | None = None) -> Iterator[KarmadaProxy]:
+    proxy = KarmadaProxy(resolve, token, tmp, apiserver).start()
     try:
         yield proxy
     finally:

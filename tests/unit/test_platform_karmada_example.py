@@ -42,3 +42,26 @@ def test_example_sites_are_kuberay_behind_karmada(tmp_path):
 def test_render_without_kuberay_sites_is_one_clear_line(tmp_path, capsys):
     code, _, err = run_cli(capsys, tmp_path / "home", "render", "--target", "karmada", "--out", str(tmp_path / "o"))
     assert code == 1 and len(err.strip().splitlines()) == 1 and "kuberay" in err.lower(), err
+
+
+def test_rayjob_training_needs_a_kuberay_runtime():
+    from configs.errors import ConfigError
+    from configs.loader import validate
+    from configs.platform import SiteConfig
+
+    spec = {"name": "fab-b", "store": {"url": "/s"}, "runtime": {"kind": "local"},
+            "gateway": {"kind": "karmada", "cluster": "member-fab-b", "training": "rayjob"}}
+    with pytest.raises(ConfigError, match="rayjob needs runtime.kind kuberay"):
+        validate(SiteConfig, spec, "site fab-b")
+    spec["runtime"] = {"kind": "kuberay"}
+    assert validate(SiteConfig, spec, "site fab-b").gateway.training == "rayjob"
+
+
+def test_training_job_carries_the_submission_id(tmp_path):
+    from karmada.render import training_job
+
+    platform = load_platform(EXAMPLE, tmp_path)
+    job, policy = training_job(platform, "fab-b", name="adcp-3f2a-1", entrypoint="python -m train_jobs.train",
+                               runtime_env={"working_dir": "s3://b/x.zip"}, gpus=2, cluster="own", job_id="adcp-3f2a-1")
+    assert job["spec"]["jobId"] == "adcp-3f2a-1" and crd_schema.errors(job) == []
+    assert policy["spec"]["placement"]["clusterAffinity"]["clusterNames"] == ["member-fab-b"]
