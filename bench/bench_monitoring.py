@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--sites", type=int, default=100)
     p.add_argument("--dead", type=int, default=10)
     p.add_argument("--sweeps", type=int, default=10)
+    p.add_argument("--in-process", action="store_true",
+                   help="run the simulated sites in this process (they then share its GIL with the coordinator)")
     p.add_argument("--requests", type=int, default=200)
     args = p.parse_args(argv)
 
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
     from coordinator.api import create_app
     from coordinator.center import Center
     from coordinator.monitoring import Monitor
-    from tests.sim_sites import SimSites, register
+    from tests.sim_sites import RemoteSimSites, SimSites, register
     from tests.serve_fixtures import free_port
 
     root = Path(tempfile.mkdtemp(prefix="bench-mon-"))
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
     center = Center(cfg, root)
     modes = {f"sim-{i:03d}": "dead" if i < args.dead else "ok" for i in range(args.sites)}
     rss_start = rss_mb()
-    with SimSites(modes) as sim:
+    with (SimSites(modes) if args.in_process else RemoteSimSites(modes)) as sim:
         register(center, sim, str(root / "stores"))
         monitor = Monitor(center)
         first = monitor.sweep()["seconds"]

@@ -168,3 +168,57 @@ def register(center: Any, sim: SimSites, store_root: str) -> None:
     for name in sim.sites:
         urls = sim.urls(name)
         center.add_site(name, dashboard=urls["dashboard"], metrics=urls["metrics"], store=f"{store_root}/{name}")
+
+
+class RemoteSimSites:
+    """The same simulated sites in a child process (`python -m tests.sim_sites`), so that a
+    benchmark's coordinator does not share its interpreter (and GIL) with 100 site servers, as a
+    real coordinator never does. Same `sites` / `urls` as SimSites; stopped by process id."""
+
+    def __init__(self, modes: dict[str, str]) -> None:
+        import json
+        import subprocess
+        import sys
+
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.sim_sites"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        self.proc.stdin.write(json.dumps(modes) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()  # the child answers once every server listens
+        if not line:
+            self.close()
+            raise RuntimeError("the simulated sites did not start")
+        self._urls: dict[str, dict[str, str]] = json.loads(line)
+        self.sites = dict.fromkeys(self._urls)
+
+    def urls(self, name: str) -> dict[str, str]:
+        return self._urls[name]
+
+    def __enter__(self) -> "RemoteSimSites":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()  # the child stops its servers and exits on EOF
+            try:
+                self.proc.wait(timeout=20)
+            except Exception:  # noqa: BLE001 - then by force, by pid
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _serve_from_stdin() -> None:
+    import json
+    import sys
+
+    modes = json.loads(sys.stdin.readline())
+    with SimSites(modes) as sim:
+        print(json.dumps({name: sim.urls(name) for name in sim.sites}), flush=True)
+        sys.stdin.read()  # until the parent closes our stdin
+
+
+if __name__ == "__main__":
+    _serve_from_stdin()
