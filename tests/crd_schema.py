@@ -9,13 +9,27 @@ from __future__ import annotations
 
 import copy
 import functools
+import os
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import yaml
 
-SCHEMAS = Path(__file__).resolve().parents[1].parent / "shared" / "schemas"
+_REPO = Path(__file__).resolve().parents[1]
+#: Where the upstream CRDs are: $ADCP_CRD_SCHEMAS, else `shared/schemas` beside the checkout (the
+#: workplace layout, ../shared/schemas) or inside it.
+_CANDIDATES = [Path(p) for p in [os.environ.get("ADCP_CRD_SCHEMAS")] if p] + [
+    _REPO.parent / "shared" / "schemas", _REPO / "shared" / "schemas"]
+
+
+def schemas_dir() -> Path:
+    """The folder of CRD files; FileNotFoundError naming where it looked (never an empty set)."""
+    for folder in _CANDIDATES:
+        if any(folder.glob("*.yaml")):
+            return folder
+    raise FileNotFoundError("No upstream CRD files (ray.io_*.yaml, policy.karmada.io_*.yaml) in "
+                            + ", ".join(map(str, _CANDIDATES)) + ": set ADCP_CRD_SCHEMAS to their folder.")
 
 
 def _strict(node: Any, *, embedded: bool = False) -> Any:
@@ -47,7 +61,7 @@ def _strict(node: Any, *, embedded: bool = False) -> Any:
 def _crds() -> dict[tuple[str, str], dict[str, Any]]:
     """(apiVersion, kind) -> strict JSON schema of the served versions of every CRD file."""
     out: dict[tuple[str, str], dict[str, Any]] = {}
-    for file in sorted(SCHEMAS.glob("*.yaml")):
+    for file in sorted(schemas_dir().glob("*.yaml")):
         crd = yaml.load(file.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
         group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
         for version in crd["spec"]["versions"]:
