@@ -175,14 +175,14 @@ class RemoteSimSites:
     benchmark's coordinator does not share its interpreter (and GIL) with 100 site servers, as a
     real coordinator never does. Same `sites` / `urls` as SimSites; stopped by process id."""
 
-    def __init__(self, modes: dict[str, str]) -> None:
+    def __init__(self, modes: dict[str, str], slow_s: float = 5.0) -> None:
         import json
         import subprocess
         import sys
 
         self.proc = subprocess.Popen([sys.executable, "-m", "tests.sim_sites"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True)
-        self.proc.stdin.write(json.dumps(modes) + "\n")
+        self.proc.stdin.write(json.dumps({"modes": modes, "slow_s": slow_s}) + "\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()  # the child answers once every server listens
         if not line:
@@ -214,8 +214,8 @@ def _serve_from_stdin() -> None:
     import json
     import sys
 
-    modes = json.loads(sys.stdin.readline())
-    with SimSites(modes) as sim:
+    spec = json.loads(sys.stdin.readline())
+    with SimSites(spec["modes"], slow_s=spec["slow_s"]) as sim:
         print(json.dumps({name: sim.urls(name) for name in sim.sites}), flush=True)
         sys.stdin.read()  # until the parent closes our stdin
 

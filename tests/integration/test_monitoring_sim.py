@@ -18,7 +18,7 @@ from configs.platform import PlatformConfig
 from coordinator.api import create_app
 from coordinator.center import Center
 from coordinator.monitoring import Monitor
-from tests.sim_sites import SimSites, register
+from tests.sim_sites import RemoteSimSites, SimSites, register
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -34,7 +34,8 @@ def test_hundred_sites_sweep_within_the_interval_with_bounded_memory(tmp_path):
     modes = {f"sim-{i:03d}": "dead" if i < 5 else "slow" if i < 10 else "ok" for i in range(100)}
     cfg = MonitoringConfig()  # the defaults: every 5 s, 2 s per site
     center = _center(tmp_path)
-    with SimSites(modes, slow_s=4) as sim:
+    # the sites in a child process, as remote sites never share the coordinator's interpreter
+    with RemoteSimSites(modes, slow_s=4) as sim:
         register(center, sim, str(tmp_path / "stores"))
         monitor = Monitor(center, cfg)
         try:
