@@ -80,6 +80,7 @@ class AppMetrics:
         if images:
             m["images"].inc(images, tags=tags)
         m["latency"].observe(seconds * 1000.0, tags={"route": route})
+        self.refresh()
 
     def answers(self, answers: Iterable[Mapping[str, Any]]) -> None:
         """Count each answer by its class and decision."""
@@ -103,3 +104,11 @@ class AppMetrics:
         if model_id is not None:
             m["model"].set(1, tags={"model": model_id})
         self._model = model_id
+
+    def refresh(self) -> None:
+        """Record the model gauge again. Ray exports a gauge only in the export windows in which it
+        was recorded (Serve re-records its own gauges periodically for the same reason), so a value
+        set once at model load would vanish from the metrics endpoint; the replica calls this from
+        its periodic health check and every request does too."""
+        if self._model is not None:
+            self._metrics()["model"].set(1, tags={"model": self._model})

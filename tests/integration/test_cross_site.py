@@ -20,6 +20,7 @@ from data.model_format import read_metadata
 from raycluster import stop_site
 from raycluster.local import read_state
 from tests.platform_fixtures import run_cli, running_platform
+from tests.serve_fixtures import synth_png
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -83,6 +84,17 @@ def test_borrowed_gpu_site_trains_and_model_comes_home(platform, capsys):
     # --deploy rolled it out at fab-a, which now answers with it
     serve = read_state("fab-a", home).serve_url
     assert httpx.get(f"{serve}/v1/model", timeout=30).json()["version"] == model.version
+    # the app's own metrics reach fab-a's Ray metrics endpoint: the served version and the traffic
+    r = httpx.post(f"{serve}/v1/classify", content=synth_png(0), headers={"Content-Type": "image/png"}, timeout=30)
+    assert r.status_code == 200, r.text
+    metrics_url = read_state("fab-a", home).metrics_url + "/metrics"
+
+    def exported():
+        text = httpx.get(metrics_url, timeout=10).text
+        return (f'model="{model.name}@{model.version}"' in text and "ray_adc_requests_total" in text
+                and "ray_adc_decisions_total" in text)
+
+    wait_for(exported, 90, "the ADC app's metrics on fab-a's metrics endpoint")  # Ray exports every ~10 s
 
     code, out, _ = _cli(capsys, "jobs", "--json")
     assert [j["id"] for j in json.loads(out)] == [job_id]

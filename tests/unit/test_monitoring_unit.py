@@ -222,5 +222,9 @@ def test_app_metrics_record_lazily(monkeypatch):
     assert [r for r in recorded if r[0] == "adc_model_info"] == [
         ("adc_model_info", "set", 1, {"model": "adc@1"}), ("adc_model_info", "set", 0, {"model": "adc@1"}),
         ("adc_model_info", "set", 1, {"model": "adc@2"})]
+    # re-recorded on each health check and request, so Ray keeps exporting it without a model change
+    m.refresh()
+    m.request("/v1/classify", 200, 0.01, 1)
+    assert [r for r in recorded if r[0] == "adc_model_info"][-2:] == [("adc_model_info", "set", 1, {"model": "adc@2"})] * 2
     assert not any(r[3].get("route") == "other" for r in recorded if r[3] and "route" in r[3])
     assert route_of("/v2/models/adc/infer") == "/v2/infer" and route_of("/v1/model") == "other"
