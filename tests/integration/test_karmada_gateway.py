@@ -1,7 +1,8 @@
 """The multi-site flows a second time, through the `karmada` site gateway: every site call goes to a
 local stand-in of the Karmada apiserver's aggregated cluster proxy (HTTPS, bearer token, the exact
 `/apis/cluster.karmada.io/v1alpha1/clusters/<c>/proxy/api/v1/namespaces/<ns>/services/<svc>/proxy/`
-shape), which forwards to two real local Ray sites. Status, a pull-mode push (a Ray job at the
+shape), which forwards to two real local Ray sites. Status, the monitor's sweeps, `adcp logs`, a
+pull-mode push (a Ray job at the
 site), training at a borrowed site, the rollout at the home site and classification all go through
 it, which proves the URLs, the headers (apiserver token consumed, Ray token in
 X-Ray-Authorization) and the TLS settings taken from the kubeconfig."""
@@ -11,11 +12,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
 from configs.platform import SiteConfig
-from coordinator.center import Center
+from coordinator import server
+from coordinator.center import Center, read_token
 from coordinator.cli import main
 from karmada.gateway import KarmadaSiteGateway, forget_credentials, gateway_for
 from raycluster.gateway import site_status
@@ -138,13 +141,32 @@ def test_flows_through_the_karmada_proxy(platform, capsys, tmp_path):
         [(s.path, s.status) for s in proxy.seen if s.status >= 500]
 
 
-def test_metrics_scrape_and_bad_credentials(platform, tmp_path):
+def test_monitoring_logs_and_bad_credentials(platform, tmp_path, capsys):
     proxy = PROXY[0]
     # a Prometheus scrape of the site's Ray metrics, through the same proxy prefix
+    before = len(proxy.seen)
     with Center.open(platform).gateway("fab-a").client("metrics") as client:
         scraped = client.get("/metrics")
     assert scraped.status_code == 200 and "ray_" in scraped.text
-    assert proxy.seen[-1].service == "adc-head-svc:8080" and proxy.seen[-1].path == "/metrics"
+    assert any(s.service == "adc-head-svc:8080" and s.path == "/metrics" for s in proxy.seen[before:])
+
+    # the coordinator's monitor sweeps both sites through the proxy too
+    info = server.running(platform)
+    auth = {"Authorization": f"Bearer {read_token(platform)}"}
+
+    def both_ok():
+        body = httpx.get(f"{info['url']}/api/v1/overview", headers=auth, timeout=10).json()
+        sites = {s["name"]: s for s in body["sites"]}
+        return sites if all(s["health"] == "ok" and s["latest"].get("mem_total") for s in sites.values()) else None
+
+    sites = wait_for(both_ok, 60, "both sites ok in the monitor's overview")
+    assert sites["fab-a"]["dashboard_url"].startswith(proxy.url + "/apis/cluster.karmada.io/v1alpha1/clusters/member-fab-a/")
+
+    # a training run's Ray job log, read through the proxy (`adcp logs`)
+    job = Center.open(platform).state.jobs()[0]
+    submission = job["attempts"][-1]["submission_id"]
+    code, out, err = run_cli(capsys, platform, "logs", "--site", job["attempts"][-1]["site"], "--job", submission)
+    assert code == 0 and "epoch 1/1" in out, err
 
     bad = proxy.kubeconfig(tmp_path / "bad.kubeconfig", token="not-the-token")
     site = SiteConfig.model_validate({"name": "fab-x", "store": {"url": str(tmp_path / "s")},
