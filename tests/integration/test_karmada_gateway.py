@@ -2,9 +2,8 @@
 local stand-in of the Karmada apiserver's aggregated cluster proxy (HTTPS, bearer token, the exact
 `/apis/cluster.karmada.io/v1alpha1/clusters/<c>/proxy/api/v1/namespaces/<ns>/services/<svc>/proxy/`
 shape), which forwards to two real local Ray sites. Status, the monitor's sweeps, `adcp logs`, a
-pull-mode push (a Ray job at the
-site), training at a borrowed site, the rollout at the home site and classification all go through
-it, which proves the URLs, the headers (apiserver token consumed, Ray token in
+pull-mode push (a Ray job at the site), training at a borrowed site, the rollout at the home site
+and classification all go through it, which proves the URLs, the headers (apiserver token consumed, Ray token in
 X-Ray-Authorization) and the TLS settings taken from the kubeconfig."""
 
 from __future__ import annotations
