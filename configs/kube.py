@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from configs.models import unique_names
+
 #: The extended resource the NVIDIA device plugin advertises; Karmada's resourceSummary reports it too.
 GPU_RESOURCE = "nvidia.com/gpu"
 
@@ -95,10 +97,7 @@ class KubeRayRuntime(_Strict):
     @field_validator("workers")
     @classmethod
     def _unique_groups(cls, v: list[WorkerGroupConfig]) -> list[WorkerGroupConfig]:
-        names = [w.name for w in v]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ValueError(f"worker group names must be unique; repeated: {', '.join(dup)}")
+        unique_names([w.name for w in v], "worker group names")
         return v
 
     @property

@@ -26,6 +26,13 @@ def artifact_name(text: str) -> str:
     return name or "checkpoint"
 
 
+def unique_names(names: list[str], what: str) -> None:
+    """ValueError naming the repeated ones when `names` (of `what`, e.g. "site names") repeat."""
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"{what} must be unique; repeated: {', '.join(dup)}")
+
+
 def check_site_name(v: str) -> str:
     """A site name is a DNS label of at most 40 characters (it becomes part of Kubernetes names)."""
     if not _SITE_NAME.match(v):

@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from configs.models import unique_names
+
 __all__ = ["FIGURES", "AlertRule", "MonitoringConfig", "default_rules"]
 
 #: Every figure the collector produces for a site (the names of series, `latest` and alert rules).
@@ -96,10 +98,7 @@ class MonitoringConfig(BaseModel):
     @field_validator("rules")
     @classmethod
     def _unique(cls, v: list[AlertRule]) -> list[AlertRule]:
-        names = [r.name for r in v]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ValueError(f"alert rule names must be unique; repeated: {', '.join(dup)}")
+        unique_names([r.name for r in v], "alert rule names")
         return v
 
     @model_validator(mode="after")

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from configs.errors import ConfigError
 from configs.loader import validate
 from configs.kube import KarmadaConfig, KubeRayRuntime
-from configs.models import LocalSiteConfig, check_site_name
+from configs.models import LocalSiteConfig, check_site_name, unique_names
 from configs.monitoring import MonitoringConfig
 
 PLATFORM_FILE = Path(__file__).with_name("platform.yaml")
@@ -201,10 +201,7 @@ class PlatformConfig(_Strict):
     @field_validator("sites")
     @classmethod
     def _unique(cls, v: list[SiteConfig]) -> list[SiteConfig]:
-        names = [s.name for s in v]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ValueError(f"site names must be unique; repeated: {', '.join(dup)}")
+        unique_names([s.name for s in v], "site names")
         return v
 
     def site(self, name: str) -> SiteConfig | None:

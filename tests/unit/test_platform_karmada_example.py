@@ -65,3 +65,12 @@ def test_training_job_carries_the_submission_id(tmp_path):
                                runtime_env={"working_dir": "s3://b/x.zip"}, gpus=2, cluster="own", job_id="adcp-3f2a-1")
     assert job["spec"]["jobId"] == "adcp-3f2a-1" and crd_schema.errors(job) == []
     assert policy["spec"]["placement"]["clusterAffinity"]["clusterNames"] == ["member-fab-b"]
+
+
+def test_repeated_worker_group_names_are_named():
+    from configs.errors import ConfigError
+    from configs.kube import KubeRayRuntime
+    from configs.loader import validate
+
+    with pytest.raises(ConfigError, match="worker group names must be unique; repeated: gpu"):
+        validate(KubeRayRuntime, {"workers": [{"name": "gpu"}, {"name": "cpu"}, {"name": "gpu"}]}, "runtime")
