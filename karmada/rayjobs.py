@@ -10,6 +10,7 @@ gateway, where the same submission id names the job.
 
 from __future__ import annotations
 
+import functools
 from types import SimpleNamespace
 from typing import Any
 
@@ -33,7 +34,7 @@ class RayJobClient:
         self._context = site.gateway.context or cfg.context
 
     def _kube(self) -> Kube:
-        return Kube.connect(self._kubeconfig, self._context)
+        return _connection(self._kubeconfig, self._context)
 
     def _name_ns(self, submission_id: str) -> tuple[str, str]:
         job = self.objects(submission_id, "true", {})[0]
@@ -48,15 +49,13 @@ class RayJobClient:
     def submit_job(self, *, entrypoint: str, submission_id: str, runtime_env: dict[str, Any] | None = None,
                    metadata: dict[str, str] | None = None, **_: Any) -> str:
         gpus = int((metadata or {}).get("gpus", "0") or 0)
-        with self._kube() as kube:
-            kube.apply(self.objects(submission_id, entrypoint, runtime_env or {}, gpus))
+        self._kube().apply(self.objects(submission_id, entrypoint, runtime_env or {}, gpus))
         return submission_id
 
     def rayjob(self, submission_id: str) -> dict[str, Any]:
         """The RayJob's status fields (NotFoundError when there is no such RayJob)."""
         name, ns = self._name_ns(submission_id)
-        with self._kube() as kube:
-            return kube.rayjob_status(name, ns)
+        return self._kube().rayjob_status(name, ns)
 
     def get_job_status(self, submission_id: str) -> Any:
         from ray.job_submission import JobStatus
@@ -77,12 +76,12 @@ class RayJobClient:
             stopped = bool(self.gateway.job_client().stop_job(submission_id))
         except Exception:  # noqa: BLE001 - not submitted yet, or the proxy is down: deleting still stops it
             pass
-        with self._kube() as kube:
-            for obj in self.objects(submission_id, "true", {}):
-                try:
-                    kube.delete(obj)
-                except NotFoundError:
-                    pass
+        kube = self._kube()
+        for obj in self.objects(submission_id, "true", {}):
+            try:
+                kube.delete(obj)
+            except NotFoundError:
+                pass
         return stopped
 
     def get_job_logs(self, submission_id: str) -> str:
@@ -101,6 +100,13 @@ class RayJobClient:
             raise RuntimeError(f"no RayJob for {submission_id}: {e}") from e
         return SimpleNamespace(status=status.get("jobStatus") or "PENDING",
                                message=status.get("message") or status.get("jobDeploymentStatus") or "")
+
+
+@functools.lru_cache(maxsize=8)
+def _connection(kubeconfig: str | None, context: str | None) -> Kube:
+    """One Karmada apiserver client per kubeconfig context for the process: the trainer asks for a
+    job's status every poll, which should not re-read the kubeconfig each time."""
+    return Kube.connect(kubeconfig, context)
 
 
 __all__ = ["RayJobClient"]
