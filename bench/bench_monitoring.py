@@ -44,9 +44,9 @@ def main(argv: list[str] | None = None) -> dict:
     import uvicorn
 
     from configs.platform import PlatformConfig
-    from coordinator.api import create_app
-    from coordinator.center import Center
-    from coordinator.monitoring import Monitor
+    from coordinator.api.app import create_app
+    from coordinator.center.core import Center
+    from coordinator.monitoring.monitor import Monitor
     from tests.sim_sites import RemoteSimSites, SimSites, register
     from tests.serve_fixtures import free_port
 

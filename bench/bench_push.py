@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from coordinator.center import Center  # noqa: E402
+from coordinator.center.core import Center  # noqa: E402
 
 PLATFORM = """
 center:

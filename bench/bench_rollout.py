@@ -36,8 +36,10 @@ if str(REPO) not in sys.path:
 
 import httpx  # noqa: E402
 
-from coordinator import rollout, server  # noqa: E402
-from coordinator.center import Center  # noqa: E402
+from coordinator.jobs import rollout
+
+from coordinator import server  # noqa: E402
+from coordinator.center.core import Center  # noqa: E402
 from tests.platform_fixtures import platform_yaml  # noqa: E402
 from tests.serve_fixtures import export_tiny_model, synth_png  # noqa: E402
 

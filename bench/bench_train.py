@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from configs import SynthConfig, load_defaults
-from coordinator import operations
-from coordinator.workspace import Workspace
+from coordinator.cli import operations
+from coordinator.cli.workspace import Workspace
 from data.dataset import open_dataset
 from data.preprocess import decode_image, normalize
 from data.schema import DEFECT_CLASSES, split_of

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import httpx
 
-from coordinator.center import Center
-from coordinator.cli import main as adcp
+from coordinator.center.core import Center
+from coordinator.cli.main import main as adcp
 from raycluster.local import read_state
 from tests.platform_fixtures import running_platform
 from tests.serve_fixtures import synth_png

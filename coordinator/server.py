@@ -2,7 +2,7 @@
 
     python -m coordinator.server --home H [--platform FILE] --port P
 
-It serves `coordinator.api` with uvicorn on 127.0.0.1 (or the configured host). Its pid, start
+It serves `coordinator.api.app` with uvicorn on 127.0.0.1 (or the configured host). Its pid, start
 time and URL go to `<home>/coordinator/server.json`, so `adcp down` stops exactly that process.
 """
 
@@ -22,7 +22,7 @@ import httpx
 
 from configs.errors import AdcpError, SiteError
 from configs.platform import SiteConfig
-from coordinator.center import Center, create_token, read_token, token_path
+from coordinator.center.core import Center, create_token, read_token, token_path
 from raycluster import LocalSite, free_ports, read_proc, start_site, stop_site, terminate
 from raycluster.local import read_state
 
@@ -164,15 +164,15 @@ def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
     from configs.loader import load_defaults
-    from coordinator.api import create_app
-    from coordinator.training import Trainer
+    from coordinator.api.app import create_app
+    from coordinator.jobs.runner import Trainer
 
     center = Center.open(args.home, args.platform)
     center.state.fail_orphaned_transfers()
     defaults = load_defaults()
 
     def deploy(ref: str, site: str) -> dict[str, Any]:
-        from coordinator import rollout
+        from coordinator.jobs import rollout
 
         return rollout.deploy(center, ref, [site], defaults.serve)[0]
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from coordinator.cli import main
+from coordinator.cli.main import main
 
 
 def platform_yaml(sites: dict[str, dict[str, Any]], center: dict[str, Any] | None = None) -> str:

@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from coordinator import server
-from coordinator.center import Center, read_token, token_path
-from coordinator.cli import main
+from coordinator.center.core import Center, read_token, token_path
+from coordinator.cli.main import main
 from data.artifacts import ArtifactRef, ArtifactStore
 from tests.registry_server import registry_server  # noqa: F401
 from tests.s3_server import s3_server  # noqa: F401
@@ -222,7 +222,7 @@ def test_killed_push_shows_no_half_artifact_and_resumes_with_the_rest(home, tmp_
     def landed() -> list[Path]:
         return [p for p in objects.glob("*/*") if ".part-" not in p.name] if objects.exists() else []
 
-    cmd = [sys.executable, "-m", "coordinator.cli", "--home", str(home), "push", str(ref), "--to", "fab-x",
+    cmd = [sys.executable, "-m", "coordinator.cli.main", "--home", str(home), "push", str(ref), "--to", "fab-x",
            "--max-mbps", "6", "--json"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy())
     try:

@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from coordinator import server
-from coordinator.center import Center
-from coordinator.cli import main
+from coordinator.center.core import Center
+from coordinator.cli.main import main
 from data.artifacts import ArtifactRef
 from data.model_format import read_metadata
 from raycluster import stop_site

@@ -19,10 +19,10 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from coordinator.center import read_token
-from coordinator.dashboard import add_dashboard_routes
+from coordinator.center.core import read_token
+from coordinator.dashboard.routes import add_dashboard_routes
 from coordinator.server import running
-from coordinator.state import State
+from coordinator.state.db import State
 from tests.dashboard_fakes import FakeMonitor
 from tests.platform_fixtures import run_cli, running_platform
 from tests.waiting import wait_for

@@ -17,8 +17,8 @@ import yaml
 
 from configs.platform import SiteConfig
 from coordinator import server
-from coordinator.center import Center, read_token
-from coordinator.cli import main
+from coordinator.center.core import Center, read_token
+from coordinator.cli.main import main
 from karmada.gateway import KarmadaSiteGateway, forget_credentials, gateway_for
 from raycluster.gateway import site_status
 from raycluster.local import read_state

@@ -21,8 +21,8 @@ from configs.errors import (
     NotFoundError,
 )
 from configs.platform import PlatformConfig
-from coordinator.cli import cli
-from coordinator.cli_kube import add_commands
+from coordinator.cli.main import cli
+from coordinator.cli.kube import add_commands
 from karmada import render
 from karmada.discovery import discover
 from karmada.kube import Kube
@@ -36,7 +36,7 @@ pytestmark = pytest.mark.integration
 LABEL = "adcp.io/site"
 GiB = 2**30
 
-add_commands(cli)  # idempotent; coordinator.cli may already have added them
+add_commands(cli)  # idempotent; coordinator.cli.main may already have added them
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from coordinator.center import Center, read_token
-from coordinator.collect import SiteReader
+from coordinator.center.core import Center, read_token
+from coordinator.monitoring.collect import SiteReader
 from coordinator.server import running
 from raycluster.gateway import DirectGateway
 from raycluster.local import read_state

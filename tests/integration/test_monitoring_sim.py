@@ -15,9 +15,9 @@ from fastapi.testclient import TestClient
 
 from configs.monitoring import AlertRule, MonitoringConfig
 from configs.platform import PlatformConfig
-from coordinator.api import create_app
-from coordinator.center import Center
-from coordinator.monitoring import Monitor
+from coordinator.api.app import create_app
+from coordinator.center.core import Center
+from coordinator.monitoring.monitor import Monitor
 from tests.sim_sites import RemoteSimSites, SimSites, register
 from tests.waiting import wait_for
 

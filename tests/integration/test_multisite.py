@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from coordinator import bundle, server
-from coordinator.center import Center
+from coordinator.center import bundle
+
+from coordinator import server
+from coordinator.center.core import Center
 from data.artifacts import ArtifactRef, ArtifactStore
 from raycluster.local import read_state
 from tests.platform_fixtures import run_cli, running_platform

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from configs.models import LocalSiteConfig
-from coordinator.center import Center
+from coordinator.center.core import Center
 from data.artifacts import ArtifactRef
 from raycluster.gateway import DirectGateway
 from raycluster.k8s_names import dns_name

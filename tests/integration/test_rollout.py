@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from coordinator import server
-from coordinator.center import Center, read_token
+from coordinator.center.core import Center, read_token
 from data.artifacts import ArtifactRef
 from raycluster.local import read_state
 from tests.platform_fixtures import run_cli, running_platform

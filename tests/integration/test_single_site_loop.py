@@ -19,10 +19,10 @@ import pytest
 
 from configs import InputError, load_defaults
 from configs.loader import Defaults
-from coordinator import operations
-from coordinator.cli import main
-from coordinator.demo import TARGETS, classify_over_http, held_out, score
-from coordinator.workspace import Workspace
+from coordinator.cli import operations
+from coordinator.cli.main import main
+from coordinator.cli.demo import TARGETS, classify_over_http, held_out, score
+from coordinator.cli.workspace import Workspace
 from data.dataset import Dataset
 from raycluster import LocalSite, list_sites, running_site
 from tests.serve_fixtures import export_tiny_model, wait_for

@@ -20,7 +20,8 @@ import httpx
 import pytest
 
 from configs.models import LocalSiteConfig, SynthConfig, TrainConfig
-from coordinator import bundle, jobs
+from coordinator.center import bundle
+from coordinator.jobs import entrypoint as jobs
 from data.artifacts import ArtifactRef, ArtifactStore
 from data.dataset import write_synthetic
 from data.model_format import read_metadata

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from configs.models import LocalSiteConfig, SynthConfig
-from coordinator import bundle
+from coordinator.center import bundle
 from data.artifacts import ArtifactRef, ArtifactStore
 from data.dataset import write_synthetic
 from data.model_format import read_metadata

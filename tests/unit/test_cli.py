@@ -9,9 +9,9 @@ import pytest
 from data.artifacts import ArtifactRef, ArtifactStore
 from click.testing import CliRunner
 
-from coordinator import bundle
-from coordinator.cli import cli, main
-from coordinator.workspace import Workspace
+from coordinator.center import bundle
+from coordinator.cli.main import cli, main
+from coordinator.cli.workspace import Workspace
 
 
 def run(args, home):

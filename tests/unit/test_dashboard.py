@@ -16,9 +16,9 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from configs.errors import NotFoundError
-from coordinator.dashboard import COOKIE, STATIC, add_dashboard_routes
-from coordinator.dashboard_auth import LOGIN_TTL_S, SESSION_TTL_S
-from coordinator.state import State
+from coordinator.dashboard.routes import COOKIE, STATIC, add_dashboard_routes
+from coordinator.dashboard.auth import LOGIN_TTL_S, SESSION_TTL_S
+from coordinator.state.db import State
 from tests.dashboard_fakes import FakeMonitor
 
 TOKEN = "api-token-for-tests"
@@ -268,8 +268,8 @@ def test_every_element_the_script_looks_up_is_in_the_page():
 
 
 def test_the_coordinator_app_serves_the_dashboard_with_the_apis_bodies(tmp_path):
-    from coordinator.api import create_app
-    from coordinator.center import Center
+    from coordinator.api.app import create_app
+    from coordinator.center.core import Center
     from tests.platform_fixtures import platform_yaml
 
     platform = tmp_path / "platform.yaml"

@@ -8,7 +8,7 @@ import shlex
 import pytest
 
 from configs.errors import InputError
-from coordinator.planner import Need, SiteView, choose
+from coordinator.jobs.planner import Need, SiteView, choose
 from karmada.discovery import parse_quantity, site_view
 from karmada.register import pull_mode_steps
 from raycluster.gateway import resources as ray_resources

@@ -13,11 +13,11 @@ from pydantic import ValidationError
 
 from configs.monitoring import FIGURES, AlertRule, MonitoringConfig
 from configs.platform import PlatformConfig
-from coordinator.alerts import AlertEngine
-from coordinator.cli_monitoring import new_lines
-from coordinator.history import History, bucket_means
-from coordinator.metrics_parse import Snapshot, figures, histogram_quantile, parse_text, samples_from_promql, snapshot
-from coordinator.monitoring import parse_since
+from coordinator.monitoring.alerts import AlertEngine
+from coordinator.cli.monitoring import new_lines
+from coordinator.monitoring.history import History, bucket_means
+from coordinator.monitoring.metrics_parse import Snapshot, figures, histogram_quantile, parse_text, samples_from_promql, snapshot
+from coordinator.monitoring.monitor import parse_since
 from serve_apps.metrics import EXPORTED, AppMetrics, route_of
 from tests.sim_sites import SimFigures, ray_metrics_text
 

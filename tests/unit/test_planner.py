@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from configs.errors import InputError, SiteError
-from coordinator.planner import Need, SiteView, choose
+from coordinator.jobs.planner import Need, SiteView, choose
 
 
 def _views(**free):
@@ -85,7 +85,7 @@ def _row(name, ray_free, ray_total, cluster_free=None, ready=True):
 
 
 def test_autoscaling_kuberay_site_counts_what_it_can_grow_into():
-    from coordinator.planner import view
+    from coordinator.jobs.planner import view
 
     # Ray runs one CPU worker (4 CPU), no GPU pod yet; the member cluster has 3 GPUs free, the
     # worker groups could hold 4: the autoscaler can add 3
@@ -99,7 +99,7 @@ def test_autoscaling_kuberay_site_counts_what_it_can_grow_into():
 
 @pytest.mark.parametrize("autoscaling, ready", [(False, True), (True, False)])
 def test_no_headroom_without_autoscaling_or_a_ready_cluster(autoscaling, ready):
-    from coordinator.planner import view
+    from coordinator.jobs.planner import view
 
     center = _Center([_kuberay_site("fab-b", autoscaling=autoscaling)],
                      [_row("fab-b", (4, 0), (4, 0), cluster_free=(64, 3), ready=ready)])

@@ -8,7 +8,7 @@ import pytest
 
 from configs.errors import ConfigError, SiteError
 from configs.platform import SiteConfig, load_platform
-from coordinator.state import State
+from coordinator.state.db import State
 from raycluster.gateway import DirectGateway, gateway_for
 
 

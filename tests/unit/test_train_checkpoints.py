@@ -12,7 +12,7 @@ import torch
 
 from configs import ConfigError, InputError, NotFoundError, TrainConfig
 from configs.models import TuneConfig, artifact_name
-from coordinator.jobs import entrypoint
+from coordinator.jobs.entrypoint import entrypoint
 from data.artifacts import ArtifactRef, ArtifactStore
 from data.model_format import read_metadata
 from data.preprocess import input_spec

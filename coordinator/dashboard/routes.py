@@ -24,15 +24,15 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from pydantic import BaseModel, ConfigDict, Field
 
 from configs.errors import AdcpError, InputError, NotFoundError, SiteError
-from coordinator.dashboard_auth import LOGIN_TTL_S, MAX_LOGIN_TTL_S, DashboardAuth, LoginRefusedError
+from coordinator.dashboard.auth import LOGIN_TTL_S, MAX_LOGIN_TTL_S, DashboardAuth, LoginRefusedError
 
 if TYPE_CHECKING:
-    from coordinator.center import Center
+    from coordinator.center.core import Center
 
 __all__ = ["COOKIE", "LoginIn", "add_dashboard_routes"]
 
 COOKIE = "adcp_dashboard"
-STATIC = Path(__file__).resolve().parent / "dashboard"
+STATIC = Path(__file__).resolve().parent
 _VENDOR = STATIC / "node_modules" / "uplot" / "dist"
 _FILES = {  # URL path under /dashboard -> (file, media type); nothing else is served from disk
     "static/app.js": (STATIC / "app.js", "text/javascript"),

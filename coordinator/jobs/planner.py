@@ -12,7 +12,7 @@ from typing import Any
 
 from configs.errors import InputError, SiteError
 from configs.kube import KubeRayRuntime
-from coordinator.center import CENTER, Center
+from coordinator.center.core import CENTER, Center
 from data.artifacts import ArtifactRef
 from karmada.discovery import parse_quantity
 

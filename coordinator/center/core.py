@@ -22,8 +22,8 @@ from configs.errors import AdcpError, InputError, JobError, NotFoundError, SiteE
 from configs.loader import validate
 from configs.platform import KarmadaGateway as KarmadaGatewayConfig
 from configs.platform import PlatformConfig, SiteConfig, default_home, load_platform
-from coordinator import bundle
-from coordinator.state import State
+from coordinator.center import bundle
+from coordinator.state.db import State
 from data.artifacts import ArtifactRef, ArtifactStore
 from data.images import download_image, push_to_registry
 from data.transfer import copy_artifact

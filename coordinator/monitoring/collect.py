@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from configs.errors import AdcpError, InputError, NotFoundError, SiteError
-from coordinator.metrics_parse import PROMQL_SELECTOR, Snapshot, parse_text, samples_from_promql, snapshot
+from coordinator.monitoring.metrics_parse import PROMQL_SELECTOR, Snapshot, parse_text, samples_from_promql, snapshot
 from raycluster.gateway import SiteGateway
 
 __all__ = ["Reading", "SiteReader", "job_logs", "replica_logs", "serve_summary", "warm_tls"]

@@ -21,8 +21,9 @@ import httpx
 
 from configs.errors import AdcpError, InputError, NotFoundError, SiteError
 from configs.models import ServeConfig
-from coordinator import bundle, serving
-from coordinator.center import Center
+from coordinator.center import bundle
+from coordinator.jobs import serving
+from coordinator.center.core import Center
 from data.artifacts import ArtifactRef, ObjectEntry
 from data.model_format import read_metadata
 from raycluster.gateway import SiteGateway

@@ -1,4 +1,4 @@
-"""The `adcp` command line: a thin click layer over `coordinator.operations`.
+"""The `adcp` command line: a thin click layer over `coordinator.cli.operations`.
 
 Errors meant for users print as one line and exit non-zero; `--debug` shows the traceback.
 """
@@ -20,10 +20,11 @@ from rich.table import Table
 from configs.errors import AdcpError, InputError, JobError
 from configs.loader import Defaults, load_defaults
 from configs.models import SynthConfig
-from coordinator import operations, server
-from coordinator.center import CENTER, Center
-from coordinator.ui import progress, transfer_progress
-from coordinator.workspace import Workspace
+from coordinator.cli import operations
+from coordinator import server
+from coordinator.center.core import CENTER, Center
+from coordinator.cli.output import progress, transfer_progress
+from coordinator.cli.workspace import Workspace
 
 console = Console()
 err_console = Console(stderr=True)
@@ -306,8 +307,8 @@ def tune(ctx: Context, origin, dataset_ref, trials, epochs, on, cpus, model_name
 
 def _run_job(ctx: Context, body: dict[str, Any], detach: bool, timeout_s: float, as_json: bool) -> None:
     """Plan, start and follow a job the coordinator runs; print its outcome."""
-    from coordinator.client import CoordinatorClient
-    from coordinator.training import TERMINAL
+    from coordinator.cli.client import CoordinatorClient
+    from coordinator.jobs.runner import TERMINAL
 
     origin = body["origin"]
     client = CoordinatorClient(ctx.ws.home)
@@ -382,8 +383,8 @@ def job() -> None:
 @pass_ctx
 def job_logs(ctx: Context, job_id: str, follow: bool, attempt: int) -> None:
     """The Ray job logs of a job's attempt, read through the site gateway."""
-    from coordinator.client import CoordinatorClient
-    from coordinator.training import TERMINAL
+    from coordinator.cli.client import CoordinatorClient
+    from coordinator.jobs.runner import TERMINAL
 
     client = CoordinatorClient(ctx.ws.home)
     printed = 0
@@ -403,7 +404,7 @@ def job_logs(ctx: Context, job_id: str, follow: bool, attempt: int) -> None:
 @pass_ctx
 def job_stop(ctx: Context, job_id: str) -> None:
     """Stop a job (its Ray job at the site too)."""
-    from coordinator.client import CoordinatorClient
+    from coordinator.cli.client import CoordinatorClient
 
     j = CoordinatorClient(ctx.ws.home).call("POST", f"/jobs/{job_id}/stop")
     console.print(f"job {job_id}: stopping ({j['status']})")
@@ -626,7 +627,7 @@ def classify(ctx: Context, images, site_name, url, as_json) -> None:
 @pass_ctx
 def demo(ctx: Context, summary_json: Path | None, keep: bool) -> None:
     """Synthesise, train, serve and classify on a local site; print the figures."""
-    from coordinator.demo import run_demo
+    from coordinator.cli.demo import run_demo
 
     run_demo(ctx.defaults, console, home=ctx.ws.home if ctx.home_given else None, summary_json=summary_json, keep=keep)
 
@@ -636,19 +637,19 @@ def _progress() -> Progress:
     return progress(err_console, transient=True)
 
 
-from coordinator.cli_models import model as _model_group  # noqa: E402  (it needs Context defined above)
+from coordinator.cli.models import model as _model_group  # noqa: E402  (it needs Context defined above)
 
 cli.add_command(_model_group)
 
-from coordinator.cli_kube import add_commands as _add_kube_commands  # noqa: E402
+from coordinator.cli.kube import add_commands as _add_kube_commands  # noqa: E402
 
 _add_kube_commands(cli)  # render, apply, rebalance, site register, site discover
 
-from coordinator.cli_monitoring import add_commands as _add_monitoring_commands  # noqa: E402
+from coordinator.cli.monitoring import add_commands as _add_monitoring_commands  # noqa: E402
 
 _add_monitoring_commands(cli)  # top, logs
 
-from coordinator.cli_dashboard import add_commands as _add_dashboard_commands  # noqa: E402
+from coordinator.cli.dashboard import add_commands as _add_dashboard_commands  # noqa: E402
 
 _add_dashboard_commands(cli)  # dashboard --url
 

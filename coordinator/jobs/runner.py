@@ -21,9 +21,10 @@ from typing import Any, Callable
 
 from configs.errors import AdcpError, InputError, JobError, NotFoundError, SiteError
 from configs.loader import Defaults, validate
-from coordinator import bundle, jobs
-from coordinator.center import Center
-from coordinator.planner import Need, Plan, plan
+from coordinator.center import bundle
+from coordinator.jobs import entrypoint as jobs
+from coordinator.center.core import Center
+from coordinator.jobs.planner import Need, Plan, plan
 from data.artifacts import ArtifactRef
 from data.model_format import read_metadata
 from data.transfer import copy_artifact

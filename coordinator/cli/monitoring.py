@@ -2,8 +2,8 @@
 Serve replica logs, read from the running coordinator's API when one runs (its monitor has the
 history and rates), else from a Monitor in this process.
 
-`coordinator.cli` calls `add_commands(cli)` at its end; like `cli_kube`, nothing is taken from
-`coordinator.cli` at import time.
+`coordinator.cli.main` calls `add_commands(cli)` at its end; like `cli_kube`, nothing is taken from
+`coordinator.cli.main` at import time.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import click
 from configs.errors import InputError
 
 if TYPE_CHECKING:
-    from coordinator.cli import Context
+    from coordinator.cli.main import Context
 
 __all__ = ["add_commands", "logs_cmd", "new_lines", "top_cmd", "top_table"]
 
@@ -33,11 +33,11 @@ class _Source:
         self.client = None
         self.monitor = None
         if server.running(ctx.ws.home) is not None:
-            from coordinator.client import CoordinatorClient
+            from coordinator.cli.client import CoordinatorClient
 
             self.client = CoordinatorClient(ctx.ws.home, timeout_s=30)
         else:
-            from coordinator.monitoring import Monitor
+            from coordinator.monitoring.monitor import Monitor
 
             self.monitor = Monitor(ctx.center)
 
@@ -99,7 +99,7 @@ def top_cmd(ctx: Context, once: bool, interval: float | None) -> None:
     """A live view of every site's health and load (Ctrl-C to quit)."""
     from rich.live import Live
 
-    from coordinator.cli import console
+    from coordinator.cli.main import console
 
     if interval is not None and interval <= 0:
         raise click.UsageError(f"--interval must be positive; got {interval}.")

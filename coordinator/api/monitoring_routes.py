@@ -25,8 +25,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import GaugeMetricFamily
 
 from configs.errors import InputError
-from coordinator.center import Center
-from coordinator.monitoring import Monitor, parse_since
+from coordinator.center.core import Center
+from coordinator.monitoring.monitor import Monitor, parse_since
 
 __all__ = ["add_monitoring_routes", "coordinator_registry"]
 

@@ -1,8 +1,8 @@
 """`adcp dashboard --url`: the address a wall screen opens, with a login token that works once.
 
 A thin click layer over the running coordinator's `POST /api/v1/dashboard/logins` (see
-`coordinator.dashboard`). `coordinator.cli` calls `add_commands(cli)` at its end; like `cli_kube`,
-this module takes nothing from `coordinator.cli` at import time.
+`coordinator.dashboard.routes`). `coordinator.cli.main` calls `add_commands(cli)` at its end; like `cli_kube`,
+this module takes nothing from `coordinator.cli.main` at import time.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 
 import click
 
-from coordinator.dashboard_auth import LOGIN_TTL_S, MAX_LOGIN_TTL_S
+from coordinator.dashboard.auth import LOGIN_TTL_S, MAX_LOGIN_TTL_S
 
 if TYPE_CHECKING:
-    from coordinator.cli import Context
+    from coordinator.cli.main import Context
 
 __all__ = ["add_commands", "dashboard_cmd"]
 
@@ -32,8 +32,8 @@ def dashboard_cmd(ctx: Context, print_url: bool, valid_for_s: float, as_json: bo
     `adcp dashboard --url` prints an address with a login token that works once and expires, so an
     operator can put the screen up without typing the API token. The coordinator must be running
     (`adcp up`)."""
-    from coordinator.cli import _print_json, console, err_console
-    from coordinator.client import CoordinatorClient
+    from coordinator.cli.main import _print_json, console, err_console
+    from coordinator.cli.client import CoordinatorClient
 
     if not (print_url or as_json):
         raise click.UsageError("Say what to do: `adcp dashboard --url` prints the one-time login address.")

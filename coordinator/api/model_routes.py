@@ -1,4 +1,4 @@
-"""The coordinator's HTTP routes for models and rollouts, over `coordinator.rollout`.
+"""The coordinator's HTTP routes for models and rollouts, over `coordinator.jobs.rollout`.
 
 `coordinator.api.create_app` adds them with `add_model_routes(app, center, auth)`; `auth` is its
 bearer-token dependency list, and AdcpErrors raised here become 4xx/5xx JSON through the app's
@@ -13,8 +13,8 @@ from fastapi import FastAPI, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from configs.models import ServeConfig
-from coordinator import rollout
-from coordinator.center import Center
+from coordinator.jobs import rollout
+from coordinator.center.core import Center
 
 __all__ = ["DeployIn", "RollbackIn", "add_model_routes"]
 

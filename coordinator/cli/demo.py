@@ -20,9 +20,10 @@ from rich.console import Console
 from rich.table import Table
 
 from configs.loader import Defaults
-from coordinator import operations, serving
-from coordinator.ui import progress
-from coordinator.workspace import Workspace
+from coordinator.cli import operations
+from coordinator.jobs import serving
+from coordinator.cli.output import progress
+from coordinator.cli.workspace import Workspace
 from data.model_format import decision_figures
 from data.schema import split_of
 

@@ -1,6 +1,6 @@
 """`adcp model ...`: list models and what each site serves, roll a model out to sites, roll back.
 
-A thin click layer over `coordinator.rollout`. `coordinator.cli` adds this group at its end, so
+A thin click layer over `coordinator.jobs.rollout`. `coordinator.cli.main` adds this group at its end, so
 this module takes nothing from it at import time: the shared console and JSON printer are looked
 up when a command runs, and the CLI's `Context` arrives as the click context's object.
 """
@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from configs.errors import SiteError
-from coordinator import rollout
+from coordinator.jobs import rollout
 
 if TYPE_CHECKING:
-    from coordinator.cli import Context
+    from coordinator.cli.main import Context
 
 __all__ = ["model"]
 
@@ -51,7 +51,7 @@ def model_list(ctx: Context, as_json: bool) -> None:
     """Models in the central store, and which sites serve each now."""
     from rich.table import Table
 
-    from coordinator.cli import _bytes, _print_json, console
+    from coordinator.cli.main import _bytes, _print_json, console
 
     rows = rollout.list_models(ctx.center)
     served = rollout.served_models(ctx.center)
@@ -68,7 +68,7 @@ def model_list(ctx: Context, as_json: bool) -> None:
 def _print_rows(rows: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
-    from coordinator.cli import console
+    from coordinator.cli.main import console
 
     table = Table("site", "model", "previous", "status", "seconds to serving")
     for r in rows:
@@ -81,7 +81,7 @@ def _print_rows(rows: list[dict[str, Any]]) -> None:
 def _run(as_json: bool, call, *, single: bool = False) -> None:
     """Run a rollout; print every site's row (also when some failed), then fail with one line.
     With `single`, JSON is the one site's object rather than a list."""
-    from coordinator.cli import _print_json, err_console
+    from coordinator.cli.main import _print_json, err_console
 
     def event(site: str, message: str) -> None:
         if not as_json:

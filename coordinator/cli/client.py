@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 
 from configs.errors import AdcpError, InputError, NotFoundError, SiteError
-from coordinator.center import read_token
+from coordinator.center.core import read_token
 from coordinator.server import running
 
 _ERRORS = {400: InputError, 404: NotFoundError, 422: InputError}

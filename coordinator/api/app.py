@@ -21,12 +21,12 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from configs.errors import AdcpError, InputError
-from coordinator.api_models import add_model_routes
-from coordinator.api_monitoring import add_monitoring_routes
-from coordinator.center import CENTER, Center, PushPlan
-from coordinator.monitoring import Monitor
-from coordinator.dashboard import add_dashboard_routes
-from coordinator.training import Trainer, TrainRequest
+from coordinator.api.model_routes import add_model_routes
+from coordinator.api.monitoring_routes import add_monitoring_routes
+from coordinator.center.core import CENTER, Center, PushPlan
+from coordinator.monitoring.monitor import Monitor
+from coordinator.dashboard.routes import add_dashboard_routes
+from coordinator.jobs.runner import Trainer, TrainRequest
 from data.artifacts import KINDS
 
 API_VERSION = "v1"

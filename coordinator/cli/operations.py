@@ -16,8 +16,10 @@ import httpx
 from configs.errors import InputError, NotFoundError
 from configs.loader import Defaults
 from configs.models import LocalSiteConfig, ServeConfig, SynthConfig
-from coordinator import bundle, jobs, serving
-from coordinator.workspace import Workspace, parse_ref
+from coordinator.center import bundle
+from coordinator.jobs import entrypoint as jobs
+from coordinator.jobs import serving
+from coordinator.cli.workspace import Workspace, parse_ref
 from data.artifacts import ArtifactStore, Manifest
 from data.dataset import Dataset, open_dataset, write_synthetic
 from data.model_format import ModelMetadata, read_metadata
