@@ -45,6 +45,16 @@ class Context:
             self._center = Center.open(self.ws.home, self.platform_file)
         return self._center
 
+    @property
+    def client(self):
+        """The coordinator API client (`client.call(method, path, **httpx_kwargs)` -> JSON); paths
+        are relative to /api/v1."""
+        from coordinator.cli.client import CoordinatorClient
+
+        if getattr(self, "_client", None) is None:
+            self._client = CoordinatorClient(self.ws.home)
+        return self._client
+
 
 pass_ctx = click.make_pass_decorator(Context)
 
