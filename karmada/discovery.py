@@ -8,31 +8,21 @@ free=v["resources"]["available"], total=v["resources"]["total"])` (only CPU, GPU
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from configs.errors import InputError
 from configs.kube import GPU_RESOURCE
 from karmada.kube import cluster_ready
+from raycluster.k8s_quantity import parse_quantity
 
 if TYPE_CHECKING:
     from karmada.kube import Kube
 
-__all__ = ["discover", "parse_quantity", "site_view"]
+__all__ = ["discover", "site_view"]
 
 #: Kubernetes resource names -> the Ray names `raycluster.gateway.resources()` uses.
 _RAY_NAMES = {"cpu": "CPU", GPU_RESOURCE: "GPU", "memory": "memory"}
 _KNOWN = ("CPU", "GPU", "memory", "object_store_memory")
-
-
-def parse_quantity(value: Any) -> float:
-    """A Kubernetes quantity ("3500m", "64Gi", "2", 4) as a float; InputError when malformed."""
-    from kubernetes.utils import parse_quantity as _parse
-
-    try:
-        return float(_parse(value))
-    except (ValueError, TypeError, InvalidOperation) as e:
-        raise InputError(f'Got "{value}" for a Kubernetes quantity.', allowed='e.g. "2", "3500m", "64Gi", "1e3"') from e
 
 
 def _amounts(resources: dict[str, Any] | None) -> dict[str, Decimal]:
@@ -52,7 +42,9 @@ def _resources(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
     used = _amounts(summary.get("allocated"))
     for name, amount in _amounts(summary.get("allocating")).items():
         used[name] = used.get(name, Decimal(0)) + amount
-    out: dict[str, dict[str, Any]] = {part: dict.fromkeys(_KNOWN, 0.0) | {"custom": {}} for part in ("total", "available")}
+    out: dict[str, dict[str, Any]] = {
+        part: dict.fromkeys(_KNOWN, 0.0) | {"custom": {}} for part in ("total", "available")
+    }
     for name, amount in total.items():
         out["total"][name] = float(amount)
         out["available"][name] = float(max(amount - used.get(name, Decimal(0)), Decimal(0)))

@@ -9,7 +9,8 @@ consumes `Authorization`, so the site's Ray token travels in `X-Ray-Authorizatio
 dashboard accepts in its place. Job submission, Serve calls and metrics scrapes use the same code as
 for a direct gateway; only the base URL, headers and TLS options differ.
 
-`gateway_for` is the one factory for every kind (the direct kind is `raycluster.gateway`'s).
+`karmada_gateway` is this kind's factory in `raycluster.gateway`'s registry; the center calls
+`raycluster.gateway.gateway_for`, which imports this module only when a karmada site is used.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from configs.platform import SiteConfig
 from karmada import kubeconfig
 from raycluster import gateway as direct
 from raycluster.gateway import Service, SiteGateway
+
+__all__ = ["PROXY_PATH", "KarmadaSiteGateway", "forget_credentials", "karmada_gateway"]
 
 PROXY_PATH = ("/apis/cluster.karmada.io/v1alpha1/clusters/{cluster}/proxy"
               "/api/v1/namespaces/{namespace}/services/{service}/proxy")
@@ -114,30 +117,25 @@ def _credentials(kubeconfig_path: str | None, context: str | None) -> dict[str, 
             "tls": kubeconfig.httpx_options(cfg), "requests_tls": kubeconfig.requests_options(cfg)}
 
 
-def karmada_gateway(site: SiteConfig, defaults: KarmadaConfig | None = None, *, token: str = "",
-                    serve_http: dict[str, Any] | None = None) -> KarmadaSiteGateway:
+def karmada_gateway(site: SiteConfig, *, karmada: KarmadaConfig | None = None,
+                    local_urls: dict[str, str] | None = None, token: str = "", **_options: Any) -> KarmadaSiteGateway:
+    """The `karmada` kind's factory: the site's services under the aggregated proxy, with the
+    credentials of its kubeconfig context (else the platform's `karmada` defaults). For a local site
+    (`local_urls`/`token` from its running Ray head) behind a karmada gateway, which is how the
+    tests exercise the proxy path, Serve keeps the local head's HTTP address."""
     gw = site.gateway
-    assert isinstance(gw, KarmadaGatewayConfig)
-    defaults = defaults or KarmadaConfig()
+    if not isinstance(gw, KarmadaGatewayConfig):
+        raise TypeError(f"karmada_gateway got a {gw.kind} gateway config for site {site.name}")
+    defaults = karmada or KarmadaConfig()
+    serve_http = None
+    if local_urls and local_urls.get("serve"):
+        serve_http = direct.serve_http_from_url(local_urls["serve"])
     creds = _credentials(gw.kubeconfig or defaults.kubeconfig, gw.context or defaults.context)
     return KarmadaSiteGateway(
         site.name, cluster=gw.cluster, namespace=gw.namespace,
         services={"dashboard": gw.dashboard_service, "serve": gw.serve_service, "metrics": gw.metrics_service,
                   **({"prometheus": gw.prometheus_service} if gw.prometheus_service else {})},
         ray_token=token or direct.read_token(gw.token_file), serve_http=serve_http, **creds)
-
-
-def gateway_for(site: SiteConfig, *, karmada: KarmadaConfig | None = None, local_urls: dict[str, str] | None = None,
-                token: str = "") -> SiteGateway:
-    """The gateway a site's config asks for. For a local site (`local_urls`/`token` from its running
-    Ray head) behind a karmada gateway, which is how the tests exercise the proxy path, Serve keeps
-    the local head's HTTP address."""
-    if isinstance(site.gateway, KarmadaGatewayConfig):
-        serve_http = None
-        if local_urls and local_urls.get("serve"):
-            serve_http = direct.serve_http_from_url(local_urls["serve"])
-        return karmada_gateway(site, karmada, token=token, serve_http=serve_http)
-    return direct.gateway_for(site, local_urls=local_urls, token=token)
 
 
 def forget_credentials() -> None:

@@ -7,14 +7,21 @@ above it (job submission, Serve calls, status, metrics scrapes) is the same code
   goes in `Authorization: Bearer`.
 - the `karmada` kind (karmada/) subclasses `SiteGateway` with the aggregated-proxy base URL and the
   kubeconfig's credentials, and moves the Ray token to `X-Ray-Authorization`.
+
+`gateway_for(site, ...)` is the one factory the center calls. It finds the site's gateway kind in a
+registry of kind -> factory (named "module:function" and imported only when a site of that kind is
+used, as fsspec's registry does), so a platform of direct sites never imports `karmada`. A new kind
+is one module with a factory plus one `register_gateway` line (and its config model in
+`configs.platform`).
 """
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
 
 import httpx
@@ -22,6 +29,23 @@ import httpx
 from configs.errors import ConfigError, SiteError
 from configs.platform import DirectGateway as DirectGatewayConfig
 from configs.platform import SiteConfig
+
+__all__ = [
+    "SERVICES",
+    "DirectGateway",
+    "GatewayFactory",
+    "Service",
+    "SiteGateway",
+    "direct_gateway",
+    "gateway_factory",
+    "gateway_for",
+    "gateway_kinds",
+    "read_token",
+    "register_gateway",
+    "resources",
+    "serve_http_from_url",
+    "site_status",
+]
 
 Service = Literal["dashboard", "serve", "metrics", "prometheus"]
 SERVICES: tuple[str, ...] = ("dashboard", "serve", "metrics", "prometheus")
@@ -102,18 +126,68 @@ class DirectGateway(SiteGateway):
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
 
-def gateway_for(site: SiteConfig, *, local_urls: dict[str, str] | None = None, token: str = "") -> SiteGateway:
-    """The gateway a site's config asks for. `local_urls`/`token` come from a running local site
-    (its ports are picked at start, so they are not in the config)."""
+def direct_gateway(site: SiteConfig, *, local_urls: dict[str, str] | None = None, token: str = "",
+                   **_options: Any) -> DirectGateway:
+    """The `direct` kind's factory: the config's URLs, overridden by a running local site's
+    `local_urls`. Options meant for other kinds (`karmada=`) do not concern it."""
     gw = site.gateway
-    if isinstance(gw, DirectGatewayConfig):
-        urls = {"dashboard": gw.dashboard, "serve": gw.serve, "metrics": gw.metrics, "prometheus": gw.prometheus}
-        urls.update({k: v for k, v in (local_urls or {}).items() if v})
-        return DirectGateway(site.name, urls, token or read_token(gw.token_file))
-    raise ConfigError(
-        f"Site {site.name} uses the {gw.kind} gateway; build it with karmada.gateway.gateway_for.",
-        allowed="direct",
-    )
+    if not isinstance(gw, DirectGatewayConfig):
+        raise TypeError(f"direct_gateway got a {gw.kind} gateway config for site {site.name}")
+    urls = {"dashboard": gw.dashboard, "serve": gw.serve, "metrics": gw.metrics, "prometheus": gw.prometheus}
+    urls.update({k: v for k, v in (local_urls or {}).items() if v})
+    return DirectGateway(site.name, urls, token or read_token(gw.token_file))
+
+
+class GatewayFactory(Protocol):
+    """Builds one site's gateway. `local_urls`/`token` come from a running local site (its ports are
+    picked at start, so they are not in the config); kind-specific options (the karmada kind's
+    `karmada=` defaults) arrive as keywords, and a factory ignores those it does not use."""
+
+    def __call__(self, site: SiteConfig, *, local_urls: dict[str, str] | None = None, token: str = "",
+                 **options: Any) -> SiteGateway: ...
+
+
+#: kind -> factory, or "module:attribute" of a factory imported on first use.
+_registry: dict[str, GatewayFactory | str] = {
+    "direct": direct_gateway,
+    "karmada": "karmada.gateway:karmada_gateway",
+}
+
+
+def register_gateway(kind: str, factory: GatewayFactory | str, *, clobber: bool = False) -> None:
+    """Add a gateway kind: a factory, or "module:attribute" naming one (imported when first used).
+    ValueError when `kind` is taken and `clobber` is false."""
+    if kind in _registry and not clobber:
+        raise ValueError(f"Gateway kind {kind!r} is already registered; pass clobber=True to replace it.")
+    _registry[kind] = factory
+
+
+def gateway_kinds() -> list[str]:
+    """The registered gateway kinds."""
+    return sorted(_registry)
+
+
+def gateway_factory(kind: str) -> GatewayFactory:
+    """The factory of gateway `kind`, importing its module on first use. ConfigError for an unknown
+    kind; ImportError naming the module when it cannot be imported."""
+    try:
+        factory = _registry[kind]
+    except KeyError:
+        raise ConfigError(f"Unknown site gateway kind {kind!r}.", allowed=", ".join(gateway_kinds())) from None
+    if isinstance(factory, str):
+        module, _, attribute = factory.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module), attribute)
+        except ImportError as e:
+            raise ImportError(f"The {kind} site gateway needs {module}, which cannot be imported: {e}") from e
+        _registry[kind] = factory
+    return factory
+
+
+def gateway_for(site: SiteConfig, *, local_urls: dict[str, str] | None = None, token: str = "",
+                **options: Any) -> SiteGateway:
+    """The gateway a site's config asks for (its `gateway.kind`), built by that kind's factory."""
+    return gateway_factory(site.gateway.kind)(site, local_urls=local_urls, token=token, **options)
 
 
 def _camel(name: str) -> str:
@@ -179,12 +253,3 @@ def site_status(gateway: SiteGateway, *, timeout_s: float = 5) -> dict[str, Any]
         serve_apps=apps,
     )
     return out
-
-
-def require_reachable(gateway: SiteGateway, timeout_s: float = 5) -> None:
-    try:
-        with gateway.client("dashboard", timeout_s) as c:
-            c.get("/api/version").raise_for_status()
-    except httpx.HTTPError as e:
-        raise SiteError(f"Site {gateway.site} is not reachable at {gateway.base_url('dashboard')}: {e}.",
-                        hint="Check `adcp status`; start local sites with `adcp up`.") from e

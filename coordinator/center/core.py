@@ -27,11 +27,7 @@ from coordinator.state.db import State
 from data.artifacts import ArtifactRef, ArtifactStore
 from data.images import download_image, push_to_registry
 from data.transfer import copy_artifact
-from karmada.discovery import discover
-from karmada.gateway import gateway_for
-from karmada.kube import Kube
-from karmada.rayjobs import RayJobClient
-from raycluster.gateway import SiteGateway, site_status
+from raycluster.gateway import SiteGateway, gateway_for, site_status
 from raycluster.local import read_state
 
 CENTER = "center"
@@ -199,6 +195,8 @@ class Center:
         site = self.site(name)
         gateway = self.gateway(name)
         if isinstance(site.gateway, KarmadaGatewayConfig) and site.gateway.training == "rayjob":
+            from karmada.rayjobs import RayJobClient  # karmada only where a karmada site is used
+
             return RayJobClient(self.config, site, gateway)
         return gateway.job_client()
 
@@ -240,6 +238,9 @@ class Center:
         when the Karmada apiserver cannot be read. Local sites are never Karmada members."""
         if not any(isinstance(s.gateway, KarmadaGatewayConfig) and not s.local for s in sites):
             return {}
+        from karmada.discovery import discover
+        from karmada.kube import Kube
+
         cfg = self.config.karmada
         try:
             with Kube.connect(cfg.kubeconfig, cfg.context) as kube:

@@ -14,7 +14,7 @@ from configs.errors import InputError, SiteError
 from configs.kube import KubeRayRuntime
 from coordinator.center.core import CENTER, Center
 from data.artifacts import ArtifactRef
-from karmada.discovery import parse_quantity
+from raycluster.k8s_quantity import parse_quantity
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from coordinator.center.core import Center
 from coordinator.monitoring.collect import Reading, SiteReader, check_lines, job_logs, replica_logs, warm_tls
 from coordinator.monitoring.history import History, bucket_means
 from coordinator.monitoring.metrics_parse import figures as compute_figures
-from karmada.gateway import gateway_for
+from raycluster.gateway import gateway_for
 
 __all__ = ["SPARK_FIGURES", "Monitor"]
 

@@ -19,8 +19,8 @@ from configs.platform import SiteConfig
 from coordinator import server
 from coordinator.center.core import Center, read_token
 from coordinator.cli.main import main
-from karmada.gateway import KarmadaSiteGateway, forget_credentials, gateway_for
-from raycluster.gateway import site_status
+from karmada.gateway import KarmadaSiteGateway, forget_credentials
+from raycluster.gateway import gateway_for, site_status
 from raycluster.local import read_state
 from tests.karmada_proxy import karmada_proxy
 from tests.platform_fixtures import run_cli

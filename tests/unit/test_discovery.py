@@ -9,9 +9,10 @@ import pytest
 
 from configs.errors import InputError
 from coordinator.jobs.planner import Need, SiteView, choose
-from karmada.discovery import parse_quantity, site_view
+from karmada.discovery import site_view
 from karmada.register import pull_mode_steps
 from raycluster.gateway import resources as ray_resources
+from raycluster.k8s_quantity import parse_quantity
 
 LABEL = "adcp.io/site"
 GiB = 2**30

@@ -79,10 +79,3 @@ def test_direct_gateway_urls_and_headers():
     assert gw.headers("dashboard") == {"Authorization": "Bearer t0k"}
     with pytest.raises(SiteError, match="no metrics address"):
         gw.base_url("metrics")
-
-
-def test_karmada_gateway_is_refused_clearly_until_built():
-    site = SiteConfig.model_validate({"name": "fab-k", "store": {"url": "/s"},
-                                      "gateway": {"kind": "karmada", "cluster": "fab-k"}})
-    with pytest.raises(ConfigError, match="allowed: direct|Allowed: direct"):
-        gateway_for(site)
