@@ -50,8 +50,11 @@ install-test: install $(DEB_STAMP)
 demo: install
 	$(VENV)/bin/adcp demo
 
+# Import layering and circles (import-linter contracts in pyproject.toml), then ruff's rule set
+# ([tool.ruff] in pyproject.toml; .venv and node_modules are excluded by ruff's defaults).
 lint: install
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check .
 
 test: install-test lint
 	$(PY) -m pytest

@@ -26,6 +26,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from coordinator.center.core import Center  # noqa: E402
+from data.publish import publish_artifact  # noqa: E402
 
 PLATFORM = """
 center:
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
             src.mkdir()
             (src / "model.pt2").write_bytes(os.urandom(int(args.model_mb * 1e6)))
             (src / "metadata.json").write_text(json.dumps({"name": "adc", "version": str(i + 1)}))
-            ref = center.central.publish("model", "adc", str(i + 1), src).ref
+            ref = publish_artifact(center.central, "model", "adc", str(i + 1), src).ref
             started = time.perf_counter()
             outcomes = center.push(ref, ["fab-a", "fab-b"])
             ours.append(time.perf_counter() - started)

@@ -36,10 +36,10 @@ if str(REPO) not in sys.path:
 
 import httpx  # noqa: E402
 
-from coordinator.jobs import rollout
-
 from coordinator import server  # noqa: E402
 from coordinator.center.core import Center  # noqa: E402
+from coordinator.jobs import rollout
+from data.publish import publish_artifact  # noqa: E402
 from tests.platform_fixtures import platform_yaml  # noqa: E402
 from tests.serve_fixtures import export_tiny_model, synth_png  # noqa: E402
 
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
             for version in ("1", "2"):
                 folder = Path(tmp) / f"adc-{version}"
                 export_tiny_model(folder, version, seed=int(version), name="adc")
-                center.central.publish("model", "adc", version, folder)
+                publish_artifact(center.central, "model", "adc", version, folder)
             first = rollout.deploy(center, "adc@1", SITES)
             report["first_rollout_s"] = {r["site"]: r["seconds"] for r in first}  # Serve starts here
             urls = {s: center.gateway(s).base_url("serve") for s in SITES}

@@ -39,6 +39,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from data.artifacts import ArtifactStore  # noqa: E402
+from data.publish import publish_artifact  # noqa: E402
 from data.transfer import copy_artifact  # noqa: E402
 
 
@@ -147,7 +148,7 @@ def bench_model(args, root: Path, server) -> dict:
     (folder / "model.pt2").write_bytes(os.urandom(1_500_000))
     (folder / "metadata.json").write_text(json.dumps({"name": "adc", "version": "1", "classes": ["a", "b"]}))
     central = ArtifactStore(root / "central-models")
-    ref = central.publish("model", "adc", "1", folder).ref
+    ref = publish_artifact(central, "model", "adc", "1", folder).ref
     pushes = []
     for i in range(args.model_pushes):
         dsts = [ArtifactStore(root / f"site-model-{i}")]
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
         folder = root / "dataset"
         make_files(folder, args.files, size)
         central = ArtifactStore(root / "central")
-        ref = central.publish("dataset", "bench", "1", folder).ref
+        ref = publish_artifact(central, "dataset", "bench", "1", folder).ref
         report: dict = {
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "machine": {

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from configs.errors import InputError, IntegrityError, NotFoundError
 from data.artifacts import ArtifactRef, ArtifactStore, Manifest
+from data.publish import publish_artifact
 from data.schema import ANNOTATION_SCHEMA, DEFECT_CLASSES
 
 if TYPE_CHECKING:
@@ -316,7 +317,7 @@ def publish_annotations(
     with tempfile.TemporaryDirectory(prefix="adcp-annotations-") as tmp:
         pq.write_table(new_table, Path(tmp) / TABLE_FILE, compression="zstd")
         pq.write_table(full_log, Path(tmp) / CHANGELOG_FILE, compression="zstd")
-        return store.publish(KIND, name, version, Path(tmp), meta=meta)
+        return publish_artifact(store, KIND, name, version, Path(tmp), meta=meta)
 
 
 def read_annotations(store: ArtifactStore, name: str, version: str | None = None) -> pa.Table:

@@ -1,19 +1,10 @@
 """The transfer engine: copy an artifact between stores, verified, resumable and incremental.
 
 Objects the destination already holds (right key and size) are skipped; the others are streamed
-in parallel and land at their final key only once their bytes were verified at the destination:
-
-- local folder: copied to `<key>.part-<id>` (in the kernel when the source is local too), hashed
-  from the destination file, then renamed into place;
-- S3 (servers that check `x-amz-checksum-sha256`, e.g. AWS, MinIO, SeaweedFS): sent straight to
-  the final key with the expected sha256 (whole object, or per part for large ones) so that the
-  server itself refuses bytes that do not match; no read-back, no server-side copy;
-- anything else (memory://, S3 without checksum support): a temporary key, read back and hashed,
-  then moved.
-
-Transient errors are retried with exponential backoff, a hash mismatch is sent again, and the
-manifest is written last, so an interrupted copy leaves no partial artifact and the next one
-sends only what is missing.
+in parallel and land at their final key only once their bytes were verified at the destination
+(how, per kind of store, is `data.object_copy`). Transient errors are retried with exponential
+backoff, a hash mismatch is sent again, and the manifest is written last, so an interrupted copy
+leaves no partial artifact and the next one sends only what is missing.
 
     python -m data.transfer --src URL --dst URL --ref KIND/NAME[@VERSION]
 
@@ -24,36 +15,22 @@ runs at a site, so the module imports nothing heavier than fsspec.
 from __future__ import annotations
 
 import argparse
-import base64
-import errno
-import hashlib
 import json
-import os
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from contextlib import suppress
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from configs.errors import AdcpError, IntegrityError, NotFoundError
-from data.artifacts import (
-    ArtifactRef,
-    ArtifactStore,
-    ObjectEntry,
-    fs_digest,
-    is_local,
-    local_digest,
-    require_same_content,
-)
+from data.artifacts import ArtifactRef, ArtifactStore
+from data.manifests import require_same_content
+from data.object_copy import Job, Mismatch, writer_for
 
 __all__ = ["Job", "TransferError", "TransferResult", "copy_artifact", "main", "send_objects"]
 
-#: S3's smallest multipart part (except the last one).
-S3_MIN_PART = 5 << 20
 #: Longest single wait between two attempts of one object, whatever `backoff_s` and the attempt.
 MAX_BACKOFF_S = 30.0
 
@@ -87,92 +64,11 @@ class TransferResult:
         return d
 
 
-@dataclass(frozen=True)
-class Job:
-    """One object to put into a store: its entry and where its bytes are read from."""
-
-    entry: ObjectEntry
-    src_fs: Any
-    src_path: str
-
-
-class _Mismatch(Exception):
-    def __init__(self, sha256: str, size: int) -> None:
-        super().__init__(f"sha256 {sha256[:12]}..., {size} bytes")
-        self.sha256 = sha256
-        self.size = size
-
-
 class _Cancelled(Exception):
     """Another object failed for good: stop this one between chunks."""
 
 
-# --- reading a source ---------------------------------------------------------------------
-
-
-class _Source:
-    """Sequential reads of one object: a plain fd for local files, ranged reads elsewhere."""
-
-    def __init__(self, job: Job) -> None:
-        self.job = job
-        self.size = job.entry.size
-        self.offset = 0
-        self.fd = os.open(job.src_path, os.O_RDONLY) if is_local(job.src_fs) else None
-
-    def read(self, n: int) -> bytes:
-        if self.fd is not None:
-            return os.read(self.fd, n)
-        end = min(self.size, self.offset + n)
-        if end <= self.offset:
-            return b""
-        blob = self.job.src_fs.cat_file(self.job.src_path, start=self.offset, end=end)
-        self.offset += len(blob)
-        return blob
-
-    def read_full(self, n: int) -> bytes:
-        """Up to `n` bytes, fewer only at the end of the object."""
-        parts, got = [], 0
-        while got < n:
-            blob = self.read(n - got)
-            if not blob:
-                break
-            parts.append(blob)
-            got += len(blob)
-        return b"".join(parts)
-
-    def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-    def __enter__(self) -> _Source:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-_KERNEL_COPY = hasattr(os, "copy_file_range")
-
-
-def _copy_fd(src: int, dst: int, n: int) -> int:
-    """Copy up to `n` bytes between the current offsets of two fds; 0 at end of file."""
-    global _KERNEL_COPY
-    if _KERNEL_COPY:
-        try:
-            return os.copy_file_range(src, dst, n)
-        except OSError as e:
-            if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM):
-                raise
-            _KERNEL_COPY = False  # e.g. an old kernel or a filesystem without it: plain reads
-    blob = os.read(src, n)
-    view, done = memoryview(blob), 0
-    while done < len(blob):
-        done += os.write(dst, view[done:])
-    return len(blob)
-
-
-# --- writing into a store ----------------------------------------------------------------
+# --- pacing ------------------------------------------------------------------------------
 
 
 def _wait(stop: threading.Event, seconds: float) -> bool:
@@ -200,175 +96,6 @@ class _Pace:
             self.next = start + n / self.rate
         if start > now and _wait(self.stop, start - now):
             raise _Cancelled
-
-
-def _part_path(final: str) -> str:
-    return f"{final}.part-{uuid.uuid4().hex[:12]}"
-
-
-def _check(entry: ObjectEntry, sha256: str, size: int) -> None:
-    if sha256 != entry.sha256 or size != entry.size:
-        raise _Mismatch(sha256, size)
-
-
-def _write_local(job: Job, dst: ArtifactStore, chunk: int, sent: Callable[[int], None], pace: _Pace) -> None:
-    entry = job.entry
-    final = dst.path(entry.key)
-    os.makedirs(os.path.dirname(final), exist_ok=True)
-    tmp = _part_path(final)
-    try:
-        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            with _Source(job) as src:
-                while True:
-                    if src.fd is not None:
-                        n = _copy_fd(src.fd, out, chunk)
-                    else:
-                        blob = src.read(chunk)
-                        n = len(blob)
-                        view, done = memoryview(blob), 0
-                        while done < n:
-                            done += os.write(out, view[done:])
-                    if n == 0:
-                        break
-                    sent(n)
-                    pace(n)
-        finally:
-            os.close(out)
-        # The check reads the destination file (from the page cache), not the source bytes.
-        _check(entry, local_digest(tmp), os.stat(tmp).st_size)
-        os.replace(tmp, final)
-    finally:
-        with suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
-def _b64(hex_digest: str) -> str:
-    return base64.b64encode(bytes.fromhex(hex_digest)).decode()
-
-
-_CHECKSUM_SERVERS: dict[tuple, bool] = {}
-_CHECKSUM_LOCK = threading.Lock()
-
-
-def _s3_checks_sha256(dst: ArtifactStore) -> bool:
-    """Whether this S3 endpoint checks `x-amz-checksum-sha256` (it then echoes it on a PUT).
-
-    Asked once per endpoint and bucket with a tiny probe object; the answer is remembered for
-    the life of the process.
-    """
-    bucket, prefix, _ = dst.fs.split_path(dst.root)
-    endpoint = (dst.storage_options.get("client_kwargs") or {}).get(
-        "endpoint_url"
-    ) or dst.storage_options.get("endpoint_url")
-    cache_key = (endpoint, bucket)
-    with _CHECKSUM_LOCK:
-        if cache_key in _CHECKSUM_SERVERS:
-            return _CHECKSUM_SERVERS[cache_key]
-        blob = b"adcp checksum probe"
-        digest = _b64(hashlib.sha256(blob).hexdigest())
-        key = "/".join(p for p in (prefix, f"objects/.probe-{uuid.uuid4().hex[:12]}") if p)
-        try:
-            reply = dst.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=blob, ChecksumSHA256=digest)
-        except Exception:  # noqa: BLE001 - no answer now: the safe path, and ask again next time
-            return False
-        finally:
-            with suppress(Exception):
-                dst.fs.call_s3("delete_object", Bucket=bucket, Key=key)
-        ok = reply.get("ChecksumSHA256") == digest
-        _CHECKSUM_SERVERS[cache_key] = ok
-        return ok
-
-
-def _write_s3(job: Job, dst: ArtifactStore, chunk: int, sent: Callable[[int], None], pace: _Pace) -> None:
-    """Send to the final key with the sha256 the server must find; it refuses anything else."""
-    entry = job.entry
-    bucket, key, _ = dst.fs.split_path(dst.path(entry.key))
-    part = max(chunk, S3_MIN_PART)
-    with _Source(job) as src:
-        if entry.size <= part:
-            blob = src.read_full(part + 1)
-            pace(len(blob))
-            _check(entry, hashlib.sha256(blob).hexdigest(), len(blob))  # the source is intact
-            reply = dst.fs.call_s3(
-                "put_object", Bucket=bucket, Key=key, Body=blob, ChecksumSHA256=_b64(entry.sha256)
-            )
-            if reply.get("ChecksumSHA256", _b64(entry.sha256)) != _b64(entry.sha256):
-                raise _Mismatch("(refused by the server)", len(blob))
-            sent(len(blob))
-            return
-        upload = dst.fs.call_s3("create_multipart_upload", Bucket=bucket, Key=key, ChecksumAlgorithm="SHA256")
-        upload_id = upload["UploadId"]
-        try:
-            whole, parts, size = hashlib.sha256(), [], 0
-            while True:
-                blob = src.read_full(part)
-                if not blob:
-                    break
-                pace(len(blob))
-                whole.update(blob)
-                size += len(blob)
-                digest = base64.b64encode(hashlib.sha256(blob).digest()).decode()
-                reply = dst.fs.call_s3(
-                    "upload_part",
-                    Bucket=bucket,
-                    Key=key,
-                    UploadId=upload_id,
-                    PartNumber=len(parts) + 1,
-                    Body=blob,
-                    ChecksumSHA256=digest,
-                )
-                parts.append({"PartNumber": len(parts) + 1, "ETag": reply["ETag"], "ChecksumSHA256": digest})
-                sent(len(blob))
-            # Every part was checked by the server against the hash of exactly the bytes sent,
-            # and those bytes hash to the object's sha256: complete only then.
-            _check(entry, whole.hexdigest(), size)
-            dst.fs.call_s3(
-                "complete_multipart_upload",
-                Bucket=bucket,
-                Key=key,
-                UploadId=upload_id,
-                MultipartUpload={"Parts": parts},
-            )
-        except BaseException:
-            with suppress(Exception):
-                dst.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)
-            raise
-
-
-def _write_generic(
-    job: Job, dst: ArtifactStore, chunk: int, sent: Callable[[int], None], pace: _Pace
-) -> None:
-    """A temporary key, read back and hashed at the destination, then moved into place."""
-    entry = job.entry
-    final = dst.path(entry.key)
-    tmp = _part_path(final)
-    moved = False
-    try:
-        with _Source(job) as src, dst.fs.open(tmp, "wb") as out:
-            while True:
-                blob = src.read(chunk)
-                if not blob:
-                    break
-                out.write(blob)
-                sent(len(blob))
-                pace(len(blob))
-        size = dst.fs.size(tmp)
-        _check(entry, fs_digest(dst.fs, tmp, size, chunk), size)
-        dst.fs.mv(tmp, final)
-        moved = True
-    finally:
-        if not moved:
-            with suppress(Exception):
-                dst.fs.rm_file(tmp)
-
-
-def _writer(dst: ArtifactStore):
-    if dst.local:
-        return _write_local
-    if dst.protocol in ("s3", "s3a") and _s3_checks_sha256(dst):
-        return _write_s3
-    return _write_generic
 
 
 # --- the engine ---------------------------------------------------------------------------
@@ -411,7 +138,7 @@ class _Engine:
         self.pace = _Pace(max_bytes_per_s, self.stop)
         self.result = result
         self.lock = threading.Lock()
-        self.write = _writer(dst)
+        self.write = writer_for(dst)
 
     def _count(self, **deltas: int) -> None:
         with self.lock:
@@ -455,7 +182,7 @@ class _Engine:
                 return
             except _Cancelled:
                 raise
-            except _Mismatch as e:
+            except Mismatch as e:
                 last = e
             except Exception as e:
                 if not _transient(e):
@@ -488,7 +215,7 @@ class _Engine:
     def _exhausted(self, job: Job, last: BaseException | None) -> AdcpError:
         entry = job.entry
         attempts = self.retries + 1
-        if isinstance(last, _Mismatch):
+        if isinstance(last, Mismatch):
             return IntegrityError(
                 f"{entry.path} (object {entry.key}) did not arrive intact at {self.dst.url} in {attempts} "
                 f"attempts: got {last}, expected sha256 {entry.sha256[:12]}..., {entry.size} bytes.",
@@ -677,3 +404,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+

@@ -125,7 +125,8 @@ class Kube:
         try:
             return json.loads(data) if data else {}
         except ValueError as e:
-            raise KubeError(f"{method} {path} at {self._where} answered non-JSON: {data[:200]!r}", status=resp.status) from e
+            raise KubeError(f"{method} {path} at {self._where} answered non-JSON: {data[:200]!r}",
+                            status=resp.status) from e
 
     def _send(self, method: str, url: str, headers: dict[str, str], body: Any) -> Any:
         from kubernetes.client.exceptions import ApiException
@@ -149,7 +150,8 @@ class Kube:
                                  hint=_install_hint(api_version)) from e
             for r in listing.get("resources", []):
                 if "/" not in r["name"]:
-                    self._resources[(api_version, r["kind"])] = Resource(api_version, r["kind"], r["name"], r["namespaced"])
+                    self._resources[(api_version, r["kind"])] = Resource(api_version, r["kind"], r["name"],
+                                                                         r["namespaced"])
             if key not in self._resources:
                 served = sorted(k for v, k in self._resources if v == api_version)
                 raise InputError(f"The apiserver {self._where} serves no {kind} in {api_version}.",
@@ -161,7 +163,8 @@ class Kube:
             api_version, kind, meta = obj["apiVersion"], obj["kind"], obj["metadata"]
             name = meta["name"]
         except (KeyError, TypeError) as e:
-            raise InputError(f"Not a Kubernetes object (needs apiVersion, kind, metadata.name): {str(obj)[:200]}") from e
+            raise InputError("Not a Kubernetes object (needs apiVersion, kind, metadata.name): "
+                             f"{str(obj)[:200]}") from e
         return self.resource(api_version, kind).path(name if named else None, meta.get("namespace"))
 
     # --- generic objects --------------------------------------------------------------------
@@ -232,7 +235,8 @@ class Kube:
             return (cluster if ready else None), message
 
         return _wait(f"Cluster {name} was not Ready", check, timeout_s, poll_s, on_poll,
-                     "Check the karmada-agent on the member cluster: kubectl -n karmada-system logs deploy/karmada-agent")
+                     "Check the karmada-agent on the member cluster: "
+                     "kubectl -n karmada-system logs deploy/karmada-agent")
 
     # --- WorkloadRebalancer, RayJob ---------------------------------------------------------
 

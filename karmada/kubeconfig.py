@@ -8,6 +8,8 @@ from typing import Any
 
 from configs.errors import ConfigError
 
+__all__ = ["api_client", "auth_headers", "httpx_options", "load", "requests_options"]
+
 
 def load(kubeconfig: str | None = None, context: str | None = None) -> Any:
     """The `kubernetes.client.Configuration` of `context` in `kubeconfig` (default: $KUBECONFIG or

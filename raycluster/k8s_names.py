@@ -11,6 +11,8 @@ import hashlib
 import re
 import unicodedata
 
+__all__ = ["dns_label", "dns_name", "label_value"]
+
 _NOT_DNS = re.compile(r"[^a-z0-9-]+")
 _NOT_LABEL = re.compile(r"[^A-Za-z0-9._-]+")
 

@@ -45,6 +45,24 @@ from raycluster._machine import (
 from raycluster._ray_start import MARKER_ENV, PORT_FLAGS, ray_command, ray_env, ray_executable
 from raycluster.gateway import DirectGateway, site_status
 
+__all__ = [
+    "TEMP_ROOT",
+    "WORKER_BLOCK",
+    "LocalSite",
+    "check_name",
+    "list_sites",
+    "load_site",
+    "read_state",
+    "running_site",
+    "save_state",
+    "site_dir",
+    "site_processes",
+    "start_site",
+    "status",
+    "stop_site",
+    "write_atomic",
+]
+
 # Short on purpose: Ray puts unix sockets under `<temp>/session_<40 chars>/sockets/` and a socket
 # path may not exceed 107 characters, so neither a deep home nor $TMPDIR will do.
 TEMP_ROOT = "/tmp"
@@ -94,10 +112,6 @@ class LocalSite:
     def headers(self) -> dict[str, str]:
         """HTTP headers that authenticate to the site's dashboard (and jobs API)."""
         return {"Authorization": f"Bearer {self.token}"}
-
-    def auth_env(self) -> dict[str, str]:
-        """Environment a driver needs for `ray.init(address=site.gcs_address)` to be let in."""
-        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path)}
 
     def is_running(self) -> bool:
         """True while the site's `ray start` process is alive (a zombie counts as dead)."""
@@ -175,11 +189,9 @@ def _site_procs(site: LocalSite) -> list[Proc]:
     for proc in processes():
         if proc.pid == os.getpid():
             continue
-        if site.temp_dir in " ".join(proc.cmdline):
-            found.append(proc)
-        elif proc.start_ticks >= site.start_ticks and (
+        if site.temp_dir in " ".join(proc.cmdline) or (proc.start_ticks >= site.start_ticks and (
             proc.sid == site.pid or proc.environ().get(MARKER_ENV) == site.temp_dir
-        ):
+        )):
             found.append(proc)
     return found
 

@@ -55,7 +55,8 @@ class AppMetrics:
                 from ray.util import metrics as rm
 
                 self._m = {
-                    "requests": rm.Counter("adc_requests", description="HTTP requests to the ADC app by route and status.",
+                    "requests": rm.Counter("adc_requests",
+                                           description="HTTP requests to the ADC app by route and status.",
                                            tag_keys=("route", "status")),
                     "images": rm.Counter("adc_images", description="Images in ADC requests by route and status.",
                                          tag_keys=("route", "status")),

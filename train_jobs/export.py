@@ -25,6 +25,7 @@ from data.model_format import (
     decision_figures,
 )
 from data.preprocess import input_spec as make_input_spec
+from data.publish import publish_artifact
 
 #: Fewest validation images of a predicted class needed to trust its calibrated threshold; with
 #: fewer, the class is only auto-decided at a confidence of 1.0 (i.e. practically always reviewed).
@@ -180,7 +181,8 @@ def publish_model(store_url: str, model_dir: str, meta: ModelMetadata) -> tuple[
     manifest and manifest URL. Publishing the same files again is a no-op; other files under an
     existing version raise IntegrityError (published models never change)."""
     store = ArtifactStore(store_url)
-    manifest = store.publish(
+    manifest = publish_artifact(
+        store,
         "model", meta.name, meta.version, model_dir,
         meta={"model_id": meta.model_id, "metrics": meta.metrics.get("val", {}), "lineage": meta.lineage},
     )

@@ -44,6 +44,7 @@ from data.dataset import open_dataset
 from data.fs import arrow_fs
 from data.model_format import ModelMetadata
 from data.preprocess import decode_image, to_model_input
+from data.publish import publish_artifact
 from data.schema import NO_DEFECT_CLASSES, split_of
 from train_jobs.export import (
     calibrate_and_export,
@@ -278,7 +279,7 @@ class CheckpointPublisher:
         summary = {k: round(float(metrics[k]), 6) for k in ("loss", "accuracy", "val_loss", "val_accuracy")}
         try:
             self._store = self._store or ArtifactStore(self.store_url)
-            manifest = self._store.publish("checkpoint", ref.name, ref.version, folder,
+            manifest = publish_artifact(self._store, "checkpoint", ref.name, ref.version, folder,
                                            meta={**self.meta, "epoch": epoch, "metrics": summary})
             line = {"ref": str(manifest.ref), "epoch": epoch, "manifest_url": self._store.manifest_url(ref),
                     "metrics": summary}

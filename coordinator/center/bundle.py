@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data.artifacts import ArtifactRef, ArtifactStore
+from data.publish import publish_artifact
 
 #: Packages a site runs: the train job, the Serve app, and what they import.
 SITE_PACKAGES = ("configs", "data", "train_jobs", "serve_apps")
@@ -65,7 +66,7 @@ def publish(store: ArtifactStore, root: Path | None = None) -> CodeBundle:
         with tempfile.TemporaryDirectory(prefix="adcp-bundle-") as tmp:
             path = Path(tmp) / BUNDLE_FILE
             path.write_bytes(blob)
-            store.publish("code", BUNDLE_NAME, ref.version, path, meta={"entrypoints": ENTRYPOINTS,
+            publish_artifact(store, "code", BUNDLE_NAME, ref.version, path, meta={"entrypoints": ENTRYPOINTS,
                                                                          "packages": list(SITE_PACKAGES)})
     manifest = store.manifest(ref)
     return CodeBundle(store.object_url(manifest.entry(BUNDLE_FILE)), digest)

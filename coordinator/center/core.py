@@ -23,9 +23,11 @@ from configs.loader import validate
 from configs.platform import KarmadaGateway as KarmadaGatewayConfig
 from configs.platform import PlatformConfig, SiteConfig, default_home, load_platform
 from coordinator.center import bundle
+from coordinator.center.registry import push_to_registry
 from coordinator.state.db import State
 from data.artifacts import ArtifactRef, ArtifactStore
-from data.images import download_image, push_to_registry
+from data.images import download_image
+from data.publish import verify_and_repair
 from data.transfer import copy_artifact
 from raycluster.gateway import SiteGateway, gateway_for, site_status
 from raycluster.local import read_state
@@ -440,7 +442,7 @@ class Center:
         if not self.reachable(where):  # a pull site verifies by pulling again with every object rehashed
             result = self._pull_job(where, CENTER, ref, _Options(verify_existing=True))
             return {"site": where, "ref": str(ref), "ok": True, "repaired": result.get("objects_repaired", 0)}
-        outcome = self.store(where).verify(ref, repair_from=self.central if repair and where != CENTER else None)
+        outcome = verify_and_repair(self.store(where), ref, self.central if repair and where != CENTER else None)
         return {"site": where, "ref": outcome.ref, "ok": outcome.ok, "objects_checked": outcome.objects_checked,
                 "bad": outcome.bad, "repaired": outcome.repaired}
 

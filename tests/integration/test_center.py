@@ -18,6 +18,7 @@ from coordinator import server
 from coordinator.center.core import Center, read_token, token_path
 from coordinator.cli.main import main
 from data.artifacts import ArtifactRef, ArtifactStore
+from data.publish import publish_artifact
 from tests.registry_server import registry_server  # noqa: F401
 from tests.s3_server import s3_server  # noqa: F401
 from tests.waiting import wait_for
@@ -49,7 +50,7 @@ def _artifact(store: ArtifactStore, files: int = 6, size: int = 300_000, name: s
     Path(src).mkdir(parents=True)
     for i in range(files):
         (Path(src) / f"part-{i:03d}.parquet").write_bytes(bytes([i % 251]) * size + str(i).encode())
-    return store.publish("dataset", name, None, src).ref
+    return publish_artifact(store, "dataset", name, None, src).ref
 
 
 def _cli(capsys, *args: str) -> tuple[int, str, str]:
@@ -189,7 +190,10 @@ def test_api_needs_the_token_and_state_survives_restart(home, tmp_path, capsys):
 
 
 def test_image_push_lands_in_the_site_registry(home, tmp_path, capsys, registry_server):  # noqa: F811
-    from data.images import build_oci_archive, inspect_archive, publish_image, pull_from_registry, read_layer_files
+    from coordinator.center.registry import pull_from_registry
+    from data.images import publish_image
+    from data.oci_archive import inspect_archive, read_layer_files
+    from data.oci_build import build_oci_archive
 
     code, _, err = _cli(capsys, "site", "add", "fab-r", "--dashboard", "http://127.0.0.1:9", "--store",
                         str(tmp_path / "fab-r-store"), "--registry", registry_server.address)

@@ -13,17 +13,15 @@ import httpx
 import pytest
 
 from configs.errors import InputError
-from data.artifacts import ArtifactStore
-from data.images import (
+from coordinator.center.registry import (
     RegistryError,
-    build_oci_archive,
-    download_image,
-    inspect_archive,
-    publish_image,
     pull_from_registry,
     push_to_registry,
-    read_layer_files,
 )
+from data.artifacts import ArtifactStore
+from data.images import download_image, publish_image
+from data.oci_archive import inspect_archive, read_layer_files
+from data.oci_build import build_oci_archive
 from tests.registry_server import registry_server  # noqa: F401
 
 pytestmark = [

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.center import bundle
-
 from coordinator import server
+from coordinator.center import bundle
 from coordinator.center.core import Center
 from data.artifacts import ArtifactRef, ArtifactStore
+from data.publish import publish_artifact
 from raycluster.local import read_state
 from tests.platform_fixtures import run_cli, running_platform
 from tests.waiting import wait_for
@@ -111,7 +111,7 @@ def test_up_status_push_read_pull_relay_down(platform, capsys, tmp_path):
     src.mkdir()
     (src / "model.pt2").write_bytes(b"weights" * 10_000)
     (src / "metadata.json").write_text('{"name": "adc"}')
-    ArtifactStore(pull_store.as_uri()).publish("model", "adc-p", "1", src)
+    publish_artifact(ArtifactStore(pull_store.as_uri()), "model", "adc-p", "1", src)
     code, out, err = _cli(capsys, "push", "model/adc-p@1", "--from", "fab-p", "--to", "fab-a", "--json")
     assert code == 0, err
     relayed = json.loads(out)[0]

@@ -15,6 +15,7 @@ import pytest
 from coordinator import server
 from coordinator.center.core import Center, read_token
 from data.artifacts import ArtifactRef
+from data.publish import publish_artifact
 from raycluster.local import read_state
 from tests.platform_fixtures import run_cli, running_platform
 from tests.serve_fixtures import export_tiny_model, synth_png, wait_for
@@ -39,7 +40,7 @@ def platform(tmp_path_factory):
         for version, seed in (("1", 1), ("2", 2)):
             folder = home.parent / f"adc-{version}"
             export_tiny_model(folder, version, seed=seed, name="adc")
-            center.central.publish("model", "adc", version, folder)
+            publish_artifact(center.central, "model", "adc", version, folder)
         yield center
 
 

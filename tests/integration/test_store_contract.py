@@ -19,6 +19,7 @@ from configs.errors import IntegrityError
 from data.artifacts import ArtifactRef, ArtifactStore, Manifest, file_url
 from data.dataset import open_dataset, write_synthetic
 from data.model_format import METADATA_FILE, read_metadata
+from data.publish import publish_artifact, verify_and_repair
 from data.transfer import Job, copy_artifact, send_objects
 from serve_apps.classifier import load_model
 from tests.s3_server import s3_env, s3_server  # noqa: F401  (fixtures)
@@ -77,11 +78,11 @@ class StoreContract:
     def test_publish_list_versions_resolve(self, new_store, source):
         store = new_store()
         assert store.list() == [] and store.versions("dataset", "aoi") == []
-        first = store.publish("dataset", "aoi", None, source, meta={"by": "test"})
+        first = publish_artifact(store, "dataset", "aoi", None, source, meta={"by": "test"})
         (source / "manifest.json").write_bytes(b'{"rows": 4}')
-        second = store.publish("dataset", "aoi", None, source)
-        tenth = store.publish("dataset", "aoi", "10", source / "manifest.json")
-        model = store.publish("model", "adc", "1", source / "images")
+        second = publish_artifact(store, "dataset", "aoi", None, source)
+        tenth = publish_artifact(store, "dataset", "aoi", "10", source / "manifest.json")
+        model = publish_artifact(store, "model", "adc", "1", source / "images")
         assert [first.version, second.version] == ["1", "2"]
         assert store.versions("dataset", "aoi") == ["1", "2", "10"]
         assert store.resolve(ArtifactRef("dataset", "aoi")) == tenth.ref
@@ -97,7 +98,7 @@ class StoreContract:
 
     def test_manifest_is_written_last(self, new_store, source):
         src, dst = new_store(), new_store()
-        m = src.publish("dataset", "aoi", "1", source)
+        m = publish_artifact(src, "dataset", "aoi", "1", source)
         send_objects([Job(e, src.fs, src.path(e.key)) for e in m.unique_objects()[:3]], dst)
         assert dst.list() == [] and not dst.exists(m.ref)  # objects alone are no artifact
         # A reader polling while a copy runs sees no artifact, then a complete one.
@@ -120,18 +121,18 @@ class StoreContract:
 
     def test_immutable_versions(self, new_store, source):
         store = new_store()
-        m = store.publish("dataset", "aoi", "1", source)
-        assert store.publish("dataset", "aoi", "1", source) == m
+        m = publish_artifact(store, "dataset", "aoi", "1", source)
+        assert publish_artifact(store, "dataset", "aoi", "1", source) == m
         (source / "images/part-00002.parquet").write_bytes(b"2")
         with pytest.raises(IntegrityError, match="immutable"):
-            store.publish("dataset", "aoi", "1", source)
+            publish_artifact(store, "dataset", "aoi", "1", source)
         with pytest.raises(IntegrityError, match="immutable"):
             store.write_manifest(Manifest("dataset", "aoi", "1", m.objects[:1], {}, m.created))
         assert store.manifest(m.ref) == m
 
     def test_has_object_checks_size_and_hash(self, new_store, source):
         store = new_store()
-        m = store.publish("dataset", "aoi", "1", source)
+        m = publish_artifact(store, "dataset", "aoi", "1", source)
         entry = m.entry("annotations/v1.parquet")
         assert store.has_object(entry) and store.has_object(entry, verify=True)
         _damage(store, entry.key)
@@ -143,14 +144,14 @@ class StoreContract:
 
     def test_verify_and_repair(self, new_store, source):
         good, bad = new_store(), new_store()
-        m = good.publish("dataset", "aoi", "1", source)
-        bad.publish("dataset", "aoi", "1", source)
+        m = publish_artifact(good, "dataset", "aoi", "1", source)
+        publish_artifact(bad, "dataset", "aoi", "1", source)
         assert bad.verify(m.ref).ok
         _damage(bad, m.entry("images/part-00001.parquet").key)
         bad.fs.rm_file(bad.path(m.entry("manifest.json").key))
         found = bad.verify(m.ref)
         assert sorted(found.bad) == ["images/part-00001.parquet", "manifest.json"] and not found.ok
-        fixed = bad.verify(m.ref, repair_from=good)
+        fixed = verify_and_repair(bad, m.ref, repair_from=good)
         assert fixed.ok and bad.verify(m.ref).bad == []
 
     def test_dataset_artifact_reads_through_its_manifest_url(self, new_store, tmp_path):
@@ -159,7 +160,7 @@ class StoreContract:
             ds_dir.as_uri(), SynthConfig(images=60, size=64, shard_rows=25, seed=3), name="aoi", version="1"
         )
         store = new_store()
-        m = store.publish("dataset", "aoi", "1", ds_dir)
+        m = publish_artifact(store, "dataset", "aoi", "1", ds_dir)
         ds = open_dataset(store.manifest_url(m.ref))
         assert ds.manifest == written.manifest and ds.url == store.manifest_url(m.ref)
         assert ds.shard_urls == [store.object_url(m.entry(s["path"])) for s in written.manifest["shards"]]
@@ -170,7 +171,7 @@ class StoreContract:
     def test_model_artifact_reads_through_its_manifest_url(self, new_store, tiny_model):
         model_dir, meta = tiny_model
         store = new_store()
-        m = store.publish("model", meta.name, meta.version, model_dir, meta={"classes": meta.classes})
+        m = publish_artifact(store, "model", meta.name, meta.version, model_dir, meta={"classes": meta.classes})
         url = store.manifest_url(m.ref)
         assert read_metadata(url) == meta
         assert file_url(url, METADATA_FILE) == store.object_url(m.entry(METADATA_FILE))
@@ -212,7 +213,7 @@ class TestS3Store(StoreContract):
 def test_copy_between_backends(src_kind, dst_kind, request, tmp_path, source):
     src = _make_factory(src_kind, request, tmp_path)()
     dst = _make_factory(dst_kind, request, tmp_path)()
-    m = src.publish("dataset", "aoi", None, source, meta={"note": "x"})
+    m = publish_artifact(src, "dataset", "aoi", None, source, meta={"note": "x"})
     unique = m.unique_objects()
     total = sum(o.size for o in unique)
     moved, lock = [0, 0], threading.Lock()
@@ -243,7 +244,7 @@ def test_copy_between_backends(src_kind, dst_kind, request, tmp_path, source):
     )
     assert dst.verify(m.ref).ok
     # Damage at the source is refused: nothing lands at the object's key, no manifest appears.
-    m2 = src.publish("dataset", "aoi2", None, source)
+    m2 = publish_artifact(src, "dataset", "aoi2", None, source)
     _damage(src, m2.entry("annotations/v1.parquet").key)
     fresh = _make_factory(dst_kind, request, tmp_path)()
     with pytest.raises(IntegrityError, match="annotations/v1.parquet"):
@@ -254,22 +255,22 @@ def test_copy_between_backends(src_kind, dst_kind, request, tmp_path, source):
 def test_s3_without_server_checksums_uses_a_checked_temporary_key(request, tmp_path, source, monkeypatch):
     """A server that ignores x-amz-checksum-sha256: each object goes to a temporary key, is read
     back and hashed there, and only then copied to its final key."""
-    import data.transfer as transfer
+    import data.object_copy as object_copy
 
     server = request.getfixturevalue("s3_env")
     src = _make_factory("file", request, tmp_path)()
     dst = ArtifactStore(server.url(), server.storage_options)
-    assert transfer._s3_checks_sha256(dst)  # SeaweedFS does check them: the usual path
-    monkeypatch.setitem(transfer._CHECKSUM_SERVERS, (server.endpoint_url, server.bucket), False)
+    assert object_copy._s3_checks_sha256(dst)  # SeaweedFS does check them: the usual path
+    monkeypatch.setitem(object_copy._CHECKSUM_SERVERS, (server.endpoint_url, server.bucket), False)
     used = []
 
     def generic(job, *args):
         used.append(job.entry.key)
         return write_generic(job, *args)
 
-    write_generic = transfer._write_generic
-    monkeypatch.setattr(transfer, "_write_generic", generic)
-    m = src.publish("dataset", "aoi", None, source)
+    write_generic = object_copy._write_generic
+    monkeypatch.setattr(object_copy, "_write_generic", generic)
+    m = publish_artifact(src, "dataset", "aoi", None, source)
     r = copy_artifact(src, dst, m.ref, chunk_bytes=5 << 20)
     assert r.objects_verified == len(m.unique_objects()) == len(used) and dst.verify(m.ref).ok
     leftovers = [p for p in dst.fs.find(dst.path("objects")) if ".part-" in p]

@@ -25,6 +25,7 @@ from coordinator.jobs import entrypoint as jobs
 from data.artifacts import ArtifactRef, ArtifactStore
 from data.dataset import write_synthetic
 from data.model_format import read_metadata
+from data.publish import publish_artifact
 from data.transfer import copy_artifact
 from raycluster import LocalSite, running_site
 from train_jobs.train import read_checkpoint_state
@@ -61,7 +62,7 @@ def env(tmp_path_factory):
     store = ArtifactStore(home / "site-store")
     with tempfile.TemporaryDirectory(dir=home) as tmp:
         write_synthetic(Path(tmp).as_uri(), SynthConfig(images=1200, seed=5, shard_rows=600), name="tiny", version="1")
-        store.publish("dataset", "tiny", "1", tmp)
+        publish_artifact(store, "dataset", "tiny", "1", tmp)
     code = bundle.publish(store)
     cfg = LocalSiteConfig(name="fab-t", num_cpus=4, num_gpus=2, object_store_mb=300)
     with running_site(cfg, home) as site:

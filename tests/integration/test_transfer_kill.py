@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from data.artifacts import ArtifactStore
+from data.publish import publish_artifact
 from tests.s3_server import s3_server  # noqa: F401  (fixture)
 from tests.waiting import wait_for
 
@@ -64,7 +65,7 @@ def big_artifact(tmp_path):
     for i in range(OBJECTS):
         (folder / f"part-{i:05d}.parquet").write_bytes(os.urandom(OBJECT_BYTES))
     src = ArtifactStore(tmp_path / "central")
-    return src, src.publish("dataset", "big", "1", folder)
+    return src, publish_artifact(src, "dataset", "big", "1", folder)
 
 
 @pytest.mark.parametrize("dst_kind", ["file", "s3"])

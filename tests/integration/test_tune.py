@@ -20,6 +20,7 @@ from coordinator.center import bundle
 from data.artifacts import ArtifactRef, ArtifactStore
 from data.dataset import write_synthetic
 from data.model_format import read_metadata
+from data.publish import publish_artifact
 from raycluster import running_site
 from tests.waiting import wait_for
 
@@ -39,7 +40,7 @@ def test_search_exports_and_publishes_the_best_trial(tmp_path):
     store = ArtifactStore(tmp_path / "site-store")
     with tempfile.TemporaryDirectory(dir=tmp_path) as tmp:
         write_synthetic(Path(tmp).as_uri(), SynthConfig(images=1500, seed=11, shard_rows=750), name="tiny", version="1")
-        store.publish("dataset", "tiny", "1", tmp)
+        publish_artifact(store, "dataset", "tiny", "1", tmp)
     code = bundle.publish(store)
     args = [
         "python", "-m", "train_jobs.tune",

@@ -24,6 +24,7 @@ from data.artifacts import (
     file_url,
     file_urls,
 )
+from data.publish import publish_artifact, verify_and_repair
 from data.transfer import TransferError, TransferResult, copy_artifact
 
 SHA = "ab" * 32
@@ -161,7 +162,7 @@ def source(tmp_path):
 
 
 def test_publish_then_read_back(store, source):
-    m = store.publish("dataset", "aoi", None, source, meta={"rows": 3})
+    m = publish_artifact(store, "dataset", "aoi", None, source, meta={"rows": 3})
     assert str(m.ref) == "dataset/aoi@1" and m.meta == {"rows": 3}
     assert {o.path for o in m.objects} == {
         "images/part-00000.parquet",
@@ -183,11 +184,11 @@ def test_publish_then_read_back(store, source):
 def test_versions_sort_numerically_and_latest_wins(store, source):
     for v in ("2", "10", "1", "9"):
         (source / "manifest.json").write_bytes(v.encode())
-        store.publish("dataset", "aoi", v, source)
+        publish_artifact(store, "dataset", "aoi", v, source)
     assert store.versions("dataset", "aoi") == ["1", "2", "9", "10"]
     assert store.resolve(ArtifactRef("dataset", "aoi")).version == "10"
     assert store.next_version("dataset", "aoi") == "11"
-    assert store.publish("dataset", "aoi", None, source / "manifest.json").version == "11"
+    assert publish_artifact(store, "dataset", "aoi", None, source / "manifest.json").version == "11"
     with pytest.raises(NotFoundError, match="No version 3") as err:
         store.resolve(ArtifactRef("dataset", "aoi", "3"))
     assert "1, 2, 9, 10, 11" in err.value.allowed
@@ -197,16 +198,16 @@ def test_versions_sort_numerically_and_latest_wins(store, source):
 
 
 def test_artifacts_are_immutable(store, source):
-    first = store.publish("dataset", "aoi", "1", source)
-    assert store.publish("dataset", "aoi", "1", source) == first
+    first = publish_artifact(store, "dataset", "aoi", "1", source)
+    assert publish_artifact(store, "dataset", "aoi", "1", source) == first
     (source / "images/part-00000.parquet").write_bytes(b"changed")
     with pytest.raises(IntegrityError, match="immutable"):
-        store.publish("dataset", "aoi", "1", source)
+        publish_artifact(store, "dataset", "aoi", "1", source)
     assert store.manifest(first.ref) == first
 
 
 def test_only_complete_artifacts_are_listed(store, source):
-    m = store.publish("dataset", "aoi", "1", source)
+    m = publish_artifact(store, "dataset", "aoi", "1", source)
     # What an interrupted writer leaves: objects without a manifest, a temp manifest.
     for key in ("artifacts/dataset/aoi/2.json.tmp-123", "objects/00/" + "00" * 32 + ".part-abc"):
         store.fs.makedirs(store.path(key.rsplit("/", 1)[0]), exist_ok=True)
@@ -221,25 +222,25 @@ def test_only_complete_artifacts_are_listed(store, source):
 
 def test_publish_a_single_file_and_an_fsspec_directory(store, tmp_path):
     f = _tree(tmp_path / "m", {"model.pt2": b"program"}) / "model.pt2"
-    m = store.publish("model", "adc", "1", f)
+    m = publish_artifact(store, "model", "adc", "1", f)
     assert [o.path for o in m.objects] == ["model.pt2"]
     mem = MemoryFileSystem()
     base = f"/adcp-src-{uuid.uuid4().hex[:8]}"
     mem.pipe({f"{base}/a.txt": b"a", f"{base}/sub/b.txt": b"b"})
-    m2 = store.publish("code", "op", None, f"memory://{base}")
+    m2 = publish_artifact(store, "code", "op", None, f"memory://{base}")
     assert sorted(o.path for o in m2.objects) == ["a.txt", "sub/b.txt"]
 
 
 def test_publish_refuses_nothing(store, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no files"):
-        store.publish("dataset", "x", None, tmp_path / "empty")
+        publish_artifact(store, "dataset", "x", None, tmp_path / "empty")
     with pytest.raises(NotFoundError, match="does not exist"):
-        store.publish("dataset", "x", None, tmp_path / "missing")
+        publish_artifact(store, "dataset", "x", None, tmp_path / "missing")
 
 
 def test_file_url_takes_a_directory_or_a_manifest(store, source):
-    m = store.publish("dataset", "aoi", "1", source)
+    m = publish_artifact(store, "dataset", "aoi", "1", source)
     murl = store.manifest_url(m.ref)
     assert murl == f"{store.url}/artifacts/dataset/aoi/1.json"
     assert file_url(murl, "manifest.json") == store.object_url(m.entry("manifest.json"))
@@ -253,7 +254,7 @@ def test_file_url_takes_a_directory_or_a_manifest(store, source):
 
 
 def test_download_materialises_the_files(store, source, tmp_path):
-    m = store.publish("dataset", "aoi", "1", source)
+    m = publish_artifact(store, "dataset", "aoi", "1", source)
     out = store.download(m.ref, tmp_path / "out")
     for o in m.objects:
         assert (out / o.path).read_bytes() == (source / o.path).read_bytes()
@@ -268,7 +269,7 @@ def _mem() -> ArtifactStore:
 
 def test_copy_counts_progress_and_recopy_sends_nothing(tmp_path, source):
     src = ArtifactStore(tmp_path / "a")
-    m = src.publish("dataset", "aoi", None, source)
+    m = publish_artifact(src, "dataset", "aoi", None, source)
     for dst in (_mem(), ArtifactStore(tmp_path / "b")):
         plan, moved, objects = [], [0], [0]
         lock = threading.Lock()
@@ -304,7 +305,7 @@ def test_copy_counts_progress_and_recopy_sends_nothing(tmp_path, source):
 
 def test_leftover_part_files_do_not_count(tmp_path, source):
     src = ArtifactStore(tmp_path / "a")
-    m = src.publish("dataset", "aoi", None, source)
+    m = publish_artifact(src, "dataset", "aoi", None, source)
     dst = ArtifactStore(tmp_path / "b")
     entry = m.entry("images/part-00000.parquet")
     part = Path(dst.path(entry.key) + ".part-dead")
@@ -317,7 +318,7 @@ def test_leftover_part_files_do_not_count(tmp_path, source):
 
 def test_verify_existing_repairs_a_damaged_destination(tmp_path, source):
     src = ArtifactStore(tmp_path / "a")
-    m = src.publish("dataset", "aoi", None, source)
+    m = publish_artifact(src, "dataset", "aoi", None, source)
     dst = ArtifactStore(tmp_path / "b")
     copy_artifact(src, dst, m.ref)
     entry = m.entry("images/part-00001.parquet")
@@ -331,7 +332,7 @@ def test_verify_existing_repairs_a_damaged_destination(tmp_path, source):
 
 def test_verify_finds_and_repairs(tmp_path, source):
     src = ArtifactStore(tmp_path / "a")
-    m = src.publish("dataset", "aoi", None, source)
+    m = publish_artifact(src, "dataset", "aoi", None, source)
     dst = ArtifactStore(tmp_path / "b")
     copy_artifact(src, dst, m.ref)
     _flip_a_byte(Path(dst.path(m.entry("images/part-00000.parquet").key)))
@@ -339,16 +340,16 @@ def test_verify_finds_and_repairs(tmp_path, source):
     found = dst.verify(m.ref)
     assert not found.ok and found.objects_checked == 4
     assert sorted(found.bad) == ["images/part-00000.parquet", "manifest.json"]
-    fixed = dst.verify(m.ref, repair_from=src)
+    fixed = verify_and_repair(dst, m.ref, repair_from=src)
     assert fixed.ok and sorted(fixed.repaired) == sorted(found.bad)
     assert dst.verify(m.ref).bad == []
 
 
 def test_copy_refuses_other_content_under_the_same_version(tmp_path, source):
     a, b = ArtifactStore(tmp_path / "a"), ArtifactStore(tmp_path / "b")
-    m = a.publish("dataset", "aoi", "1", source)
+    m = publish_artifact(a, "dataset", "aoi", "1", source)
     (source / "manifest.json").write_bytes(b"other")
-    b.publish("dataset", "aoi", "1", source)
+    publish_artifact(b, "dataset", "aoi", "1", source)
     with pytest.raises(IntegrityError, match="immutable"):
         copy_artifact(a, b, m.ref)
 
@@ -412,7 +413,7 @@ def waits(monkeypatch):
 
 def test_transient_errors_are_retried_with_backoff(tmp_path, source, waits):
     src = ArtifactStore(tmp_path / "a")
-    m = src.publish("dataset", "aoi", None, (source / "manifest.json"))
+    m = publish_artifact(src, "dataset", "aoi", None, (source / "manifest.json"))
     dst, fs = _flaky_store(fail_writes=3)
     r = copy_artifact(src, dst, m.ref, retries=4, backoff_s=0.5)
     assert r.objects_sent == 1 and fs.writes == 3 + 1 + 1  # 3 failures, the object, the manifest
@@ -422,7 +423,7 @@ def test_transient_errors_are_retried_with_backoff(tmp_path, source, waits):
 
 def test_exhausted_retries_name_the_object_and_leave_no_manifest(tmp_path, source, waits):
     src = ArtifactStore(tmp_path / "a")
-    m = src.publish("dataset", "aoi", None, source / "manifest.json")
+    m = publish_artifact(src, "dataset", "aoi", None, source / "manifest.json")
     dst, _ = _flaky_store(fail_writes=100)
     with pytest.raises(TransferError, match="manifest.json.*failed 3 times") as err:
         copy_artifact(src, dst, m.ref, retries=2, backoff_s=0.1)
@@ -433,7 +434,7 @@ def test_exhausted_retries_name_the_object_and_leave_no_manifest(tmp_path, sourc
 
 def test_permanent_errors_are_not_retried(tmp_path, source, waits):
     src = ArtifactStore(tmp_path / "a")
-    m = src.publish("dataset", "aoi", None, source / "manifest.json")
+    m = publish_artifact(src, "dataset", "aoi", None, source / "manifest.json")
     dst, fs = _flaky_store(fail_writes=1, error=PermissionError)
     with pytest.raises(TransferError, match="Permission denied"):
         copy_artifact(src, dst, m.ref)
@@ -442,7 +443,7 @@ def test_permanent_errors_are_not_retried(tmp_path, source, waits):
 
 def test_a_damaged_arrival_is_sent_again(tmp_path, source, waits):
     src = ArtifactStore(tmp_path / "a")
-    m = src.publish("dataset", "aoi", None, source)
+    m = publish_artifact(src, "dataset", "aoi", None, source)
     dst, _ = _flaky_store(corrupt_reads=2)
     total = sum(o.size for o in m.unique_objects())
     moved = []
@@ -454,7 +455,7 @@ def test_a_damaged_arrival_is_sent_again(tmp_path, source, waits):
 
 def test_a_damaged_source_fails_with_integrity_error_and_no_manifest(tmp_path, source, waits):
     src = ArtifactStore(tmp_path / "a")
-    m = src.publish("dataset", "aoi", None, source)
+    m = publish_artifact(src, "dataset", "aoi", None, source)
     bad = m.entry("images/part-00001.parquet")
     _flip_a_byte(Path(src.path(bad.key)))
     for dst in (_mem(), ArtifactStore(tmp_path / "b")):
@@ -466,7 +467,7 @@ def test_a_damaged_source_fails_with_integrity_error_and_no_manifest(tmp_path, s
 
 def test_a_missing_source_object_is_not_found(tmp_path, source):
     src = ArtifactStore(tmp_path / "a")
-    m = src.publish("dataset", "aoi", None, source)
+    m = publish_artifact(src, "dataset", "aoi", None, source)
     os.unlink(src.path(m.entry("manifest.json").key))
     with pytest.raises(NotFoundError, match="manifest.json"):
         copy_artifact(src, _mem(), m.ref)
@@ -474,7 +475,8 @@ def test_a_missing_source_object_is_not_found(tmp_path, source):
 
 def test_bandwidth_cap_paces_the_sends(tmp_path, monkeypatch):
     src = ArtifactStore(tmp_path / "a")
-    m = src.publish(
+    m = publish_artifact(
+        src,
         "dataset", "big", None, _tree(tmp_path / "s", {f"{i}.bin": os.urandom(1000) for i in range(4)})
     )
     waits = []
@@ -493,7 +495,7 @@ def test_bandwidth_cap_paces_the_sends(tmp_path, monkeypatch):
 
 def test_cli_prints_one_result_line(tmp_path, source, capsys):
     src = ArtifactStore(tmp_path / "a")
-    m = src.publish("model", "adc", "4", source)
+    m = publish_artifact(src, "model", "adc", "4", source)
     dst = tmp_path / "b"
     assert transfer.main(["--src", src.url, "--dst", str(dst), "--ref", "model/adc", "--workers", "2"]) == 0
     out = capsys.readouterr().out.strip().splitlines()

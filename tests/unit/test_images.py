@@ -1,4 +1,4 @@
-"""Image archives without skopeo or a registry: build, inspect, validate, and the skopeo error text."""
+"""Image archives without skopeo or a registry: build, inspect, validate."""
 
 from __future__ import annotations
 
@@ -12,14 +12,9 @@ from pathlib import Path
 import pytest
 
 from configs.errors import AdcpError, InputError, IntegrityError, NotFoundError
-from data import images
-from data.images import (
-    RegistryError,
-    build_oci_archive,
-    inspect_archive,
-    push_to_registry,
-    read_layer_files,
-)
+from data import images, oci_archive, oci_build
+from data.oci_archive import inspect_archive, read_layer_files
+from data.oci_build import build_oci_archive
 
 LAYERS = [
     {"app/main.py": b"print('hello')\n", "app/pkg/__init__.py": b""},
@@ -67,7 +62,7 @@ def test_inspect_reports_what_was_built(tmp_path):
     assert info.manifest_digest == digest
     assert (info.repo, info.tag) == ("adcp/operator", "7")
     assert info.size == out.stat().st_size
-    assert [layer.media_type for layer in info.layers] == [images.MT_OCI_LAYER_GZIP] * 2
+    assert [layer.media_type for layer in info.layers] == [oci_archive.MT_OCI_LAYER_GZIP] * 2
     assert read_layer_files(out, 0) == LAYERS[0]
     assert read_layer_files(out, 1) == LAYERS[1]
     meta = info.meta()
@@ -123,7 +118,7 @@ def test_build_rejects_bad_input(tmp_path, kwargs, words):
 
 def _docker_archive(path: Path, files: dict[str, bytes]) -> str:
     """A `docker save`-style archive (manifest.json, config json, uncompressed layer.tar)."""
-    layer = images._tar_layer(files)
+    layer = oci_build._tar_layer(files)
     config = json.dumps(
         {"architecture": "arm64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [_sha(layer)]}}
     ).encode()
@@ -194,54 +189,10 @@ def test_missing_blob_is_an_input_error(tmp_path):
         inspect_archive(bad)
 
 
-def test_skopeo_message_is_one_line():
-    stderr = (
-        'time="2025-01-01T00:00:00Z" level=warning msg="something harmless"\n'
-        'time="2025-01-01T00:00:00Z" level=fatal msg="trying to reuse blob: pinging container '
-        'registry 127.0.0.1:1: Get \\"http://127.0.0.1:1/v2/\\": dial tcp: connection refused"\n'
-    )
-    msg = images._skopeo_message(stderr)
-    assert msg == (
-        'trying to reuse blob: pinging container registry 127.0.0.1:1: Get "http://127.0.0.1:1/v2/": '
-        "dial tcp: connection refused"
-    )
-    assert images._skopeo_message("plain failure\n") == "plain failure"
-
-
-def test_push_validates_names_before_running_skopeo(tmp_path, monkeypatch):
-    archive = tmp_path / "op.tar"
-    build_oci_archive(archive, LAYERS)
-    monkeypatch.setattr(images, "_skopeo", lambda: pytest.fail("skopeo must not run"))
-    with pytest.raises(InputError, match="HOST:PORT"):
-        push_to_registry(archive, "http://127.0.0.1:5000", "adcp/operator", "1")
-    with pytest.raises(InputError, match="repository"):
-        push_to_registry(archive, "127.0.0.1:5000", "ADCP", "1")
-    with pytest.raises(InputError, match="tag"):
-        push_to_registry(archive, "127.0.0.1:5000", "adcp/operator", "-bad")
-
-
-def test_missing_skopeo_is_a_clear_error(tmp_path, monkeypatch):
-    archive = tmp_path / "op.tar"
-    build_oci_archive(archive, LAYERS)
-    monkeypatch.setattr(images.shutil, "which", lambda name: None)
-    with pytest.raises(RegistryError, match="skopeo is not installed") as err:
-        push_to_registry(archive, "127.0.0.1:5000", "adcp/operator", "1")
-    assert isinstance(err.value, AdcpError) and "apt-get install skopeo" in str(err.value)
-
-
 def test_exported_names():
-    assert set(images.__all__) == {
-        "ARCHIVE_NAME",
-        "ImageInfo",
-        "LayerInfo",
-        "RegistryError",
-        "build_oci_archive",
-        "download_image",
-        "inspect_archive",
-        "publish_image",
-        "pull_from_registry",
-        "push_to_registry",
-        "read_layer_files",
-    }
-    for name in images.__all__:
-        assert hasattr(images, name)
+    assert set(images.__all__) == {"ARCHIVE_NAME", "KIND", "download_image", "publish_image"}
+    assert set(oci_build.__all__) == {"build_oci_archive"}
+    assert {"ImageInfo", "LayerInfo", "inspect_archive", "read_layer_files"} <= set(oci_archive.__all__)
+    for module in (images, oci_build, oci_archive):
+        for name in module.__all__:
+            assert hasattr(module, name)

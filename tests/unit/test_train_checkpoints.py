@@ -12,10 +12,11 @@ import torch
 
 from configs import ConfigError, InputError, NotFoundError, TrainConfig
 from configs.models import TuneConfig, artifact_name
-from coordinator.jobs.entrypoint import entrypoint
+from configs.protocol import entrypoint
 from data.artifacts import ArtifactRef, ArtifactStore
 from data.model_format import read_metadata
 from data.preprocess import input_spec
+from data.publish import publish_artifact
 from data.schema import DEFECT_CLASSES, NO_DEFECT_CLASSES
 from train_jobs import train, tune
 from train_jobs.export import export_model
@@ -157,7 +158,7 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 def test_state_loads_from_a_folder_or_a_manifest_url(tmp_path, store_url):
     folder, model = _checkpoint_folder(tmp_path)
     store = ArtifactStore(tmp_path / "store" if store_url == "file" else store_url)
-    manifest = store.publish("checkpoint", "adc-x", "3", folder, meta={"epoch": 3})
+    manifest = publish_artifact(store, "checkpoint", "adc-x", "3", folder, meta={"epoch": 3})
     for url in (str(folder), folder.as_uri(), store.manifest_url(manifest.ref)):
         state = read_checkpoint_state(url)
         assert state["epoch"] == 2 and state["classes"] == CLASSES
@@ -237,7 +238,7 @@ def test_publisher_publishes_each_epoch_in_order_and_cleans_up(tmp_path, capsys)
 
 def test_a_checkpoint_that_cannot_be_published_is_a_warning_not_a_failure(tmp_path, capsys):
     store = ArtifactStore(tmp_path / "store")
-    store.publish("checkpoint", "adc-x", "1", _epoch_folder(tmp_path, 9))  # other content under @1
+    publish_artifact(store, "checkpoint", "adc-x", "1", _epoch_folder(tmp_path, 9))  # other content under @1
     publisher = CheckpointPublisher(store.url, "adc-x", {})
     folders = [_epoch_folder(tmp_path, 1), _epoch_folder(tmp_path, 2)]
     publisher.submit(folders[0], 1, METRICS)
@@ -275,7 +276,7 @@ def test_a_published_model_version_is_refused_before_training(tmp_path):
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     (model_dir / "metadata.json").write_text("{}")
-    store.publish("model", "adc-aoi", "7", model_dir)
+    publish_artifact(store, "model", "adc-aoi", "7", model_dir)
     with pytest.raises(InputError, match="already published.*never change"):
         train.check_model_unpublished(store.url, "adc-aoi", "7")
     with pytest.raises(InputError, match="Invalid artifact name"):
