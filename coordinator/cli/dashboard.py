@@ -1,8 +1,7 @@
 """`adcp dashboard --url`: the address a wall screen opens, with a login token that works once.
 
 A thin click layer over the running coordinator's `POST /api/v1/dashboard/logins` (see
-`coordinator.dashboard.routes`). `coordinator.cli.main` calls `add_commands(cli)` at its end; like `cli_kube`,
-this module takes nothing from `coordinator.cli.main` at import time.
+`coordinator.dashboard.routes`); `coordinator.cli.main` adds it with `add_commands(cli)`.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ import click
 from coordinator.dashboard.auth import LOGIN_TTL_S, MAX_LOGIN_TTL_S
 
 if TYPE_CHECKING:
-    from coordinator.cli.main import Context
+    from coordinator.cli.context import Context
 
 __all__ = ["add_commands", "dashboard_cmd"]
 
@@ -32,16 +31,11 @@ def dashboard_cmd(ctx: Context, print_url: bool, valid_for_s: float, as_json: bo
     `adcp dashboard --url` prints an address with a login token that works once and expires, so an
     operator can put the screen up without typing the API token. The coordinator must be running
     (`adcp up`)."""
-    from coordinator.cli.main import _print_json, console, err_console
-    from coordinator.cli.client import CoordinatorClient
+    from coordinator.cli.context import console, err_console, print_json as _print_json
 
     if not (print_url or as_json):
         raise click.UsageError("Say what to do: `adcp dashboard --url` prints the one-time login address.")
-    client = CoordinatorClient(ctx.ws.home, timeout_s=30)
-    try:
-        login = client.call("POST", "/dashboard/logins", json={"valid_for_s": valid_for_s})
-    finally:
-        client.close()
+    login = ctx.client.call("POST", "/dashboard/logins", json={"valid_for_s": valid_for_s})
     if as_json:
         return _print_json(login)
     console.print(login["url"], highlight=False, soft_wrap=True, markup=False)

@@ -2,9 +2,8 @@
 production (KubeRay + Karmada) commands, a thin click layer over `karmada.render`, `karmada.kube`,
 `karmada.discovery` and `karmada.register`.
 
-`coordinator.cli.main` calls `add_commands(cli)` at its end; like `cli_models`, this module takes nothing
-from `coordinator.cli.main` at import time (the consoles and JSON printer are looked up when a command
-runs, and the CLI's `Context` arrives as the click context's object).
+They work from the platform file (or the running coordinator's platform) and the kubeconfig;
+`coordinator.cli.main` adds them with `add_commands(cli)`.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from configs.models import check_site_name
 from configs.platform import PlatformConfig
 
 if TYPE_CHECKING:
-    from coordinator.cli.main import Context
+    from coordinator.cli.context import Context
     from karmada.kube import Kube
 
 __all__ = ["add_commands", "apply_cmd", "rebalance_cmd", "render_cmd", "site_discover", "site_register"]
@@ -39,7 +38,7 @@ def _json_option(f):
 
 
 def _platform(ctx: Context) -> PlatformConfig:
-    return ctx.center.config
+    return ctx.platform()
 
 
 def _connect(ctx: Context, kubeconfig: str | None, context: str | None) -> Kube:
@@ -58,7 +57,7 @@ def _connect(ctx: Context, kubeconfig: str | None, context: str | None) -> Kube:
 @click.pass_obj
 def render_cmd(ctx: Context, target: str, sites: tuple[str, ...], out: Path, model_uri: str | None) -> None:
     """Render the KubeRay (and Karmada) objects of the platform's kuberay sites as YAML files."""
-    from coordinator.cli.main import console
+    from coordinator.cli.context import console
     from karmada import render
 
     rendered = render.render(_platform(ctx), target, sites=list(sites) or None, model_uri=model_uri)
@@ -73,7 +72,7 @@ def render_cmd(ctx: Context, target: str, sites: tuple[str, ...], out: Path, mod
 @click.pass_obj
 def apply_cmd(ctx: Context, paths: tuple[Path, ...], dry_run: bool, kubeconfig: str | None, context: str | None) -> None:
     """Server-side apply YAML files or folders (from `adcp render`) to the Karmada apiserver."""
-    from coordinator.cli.main import console
+    from coordinator.cli.context import console
     from karmada import render
 
     objects = render.load(list(paths))
@@ -105,7 +104,7 @@ def _workloads(platform: PlatformConfig, sites: list[str] | None) -> list[dict[s
 def rebalance_cmd(ctx: Context, sites: tuple[str, ...], all_sites: bool, name: str | None, timeout_s: float,
                   kubeconfig: str | None, context: str | None) -> None:
     """Ask Karmada to reschedule the Ray objects once (a WorkloadRebalancer), and report each result."""
-    from coordinator.cli.main import console, err_console
+    from coordinator.cli.context import console, err_console
     from karmada.policies import workload_rebalancer
 
     if bool(sites) == all_sites:
@@ -141,7 +140,7 @@ def site_register(ctx: Context, name: str, cluster: str | None, timeout_s: float
                   kubeconfig: str | None, context: str | None) -> None:
     """Print the Pull-mode registration steps for a site's member cluster, then wait until Karmada
     reports the Cluster Ready."""
-    from coordinator.cli.main import console, err_console
+    from coordinator.cli.context import console, err_console
     from karmada.register import pull_mode_steps
     from raycluster.k8s_names import label_value
 
@@ -185,7 +184,7 @@ def site_discover(ctx: Context, as_json: bool, kubeconfig: str | None, context: 
     from rich.markup import escape
     from rich.table import Table
 
-    from coordinator.cli.main import _print_json, console
+    from coordinator.cli.context import console, print_json as _print_json
     from karmada.discovery import discover
 
     with _connect(ctx, kubeconfig, context) as kube:

@@ -1,42 +1,36 @@
-"""`adcp model ...`: list models and what each site serves, roll a model out to sites, roll back.
-
-A thin click layer over `coordinator.jobs.rollout`. `coordinator.cli.main` adds this group at its end, so
-this module takes nothing from it at import time: the shared console and JSON printer are looked
-up when a command runs, and the CLI's `Context` arrives as the click context's object.
-"""
+"""`adcp model list|deploy|rollback` and `adcp classify`: what each site serves, rollouts and
+rollbacks (run by the coordinator, one at a time per site), and classification through a site's
+gateway."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 import click
+from rich.markup import escape
+from rich.table import Column, Table
 
-from configs.errors import SiteError
-from coordinator.jobs import rollout
+from configs.errors import AdcpError, NotFoundError
+from coordinator.cli.context import (
+    Context,
+    console,
+    err_console,
+    fmt_bytes,
+    json_option,
+    pass_ctx,
+    print_json,
+    split_names,
+    timeout_option,
+)
+from coordinator.cli.output import follow_task
 
-if TYPE_CHECKING:
-    from coordinator.cli.main import Context
-
-__all__ = ["model"]
-
-
-def _json_option(f):
-    return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")(f)
+__all__ = ["add_commands", "model"]
 
 
 def _replicas_option(f):
     return click.option("--replicas", type=click.IntRange(1, 1000), default=None,
                         help="Serve replicas per site (default: the serve defaults).")(f)
-
-
-def _timeout_option(f):
-    return click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=240, show_default=True,
-                        help="Seconds to wait per site for the new version to answer.")(f)
-
-
-def _serve_cfg(ctx: Context, replicas: int | None):
-    cfg = ctx.defaults.serve
-    return cfg if replicas is None else cfg.model_copy(update={"num_replicas": replicas})
 
 
 @click.group("model")
@@ -45,84 +39,103 @@ def model() -> None:
 
 
 @model.command("list")
-@_json_option
-@click.pass_obj
+@json_option
+@pass_ctx
 def model_list(ctx: Context, as_json: bool) -> None:
     """Models in the central store, and which sites serve each now."""
-    from rich.table import Table
-
-    from coordinator.cli.main import _bytes, _print_json, console
-
-    rows = rollout.list_models(ctx.center)
-    served = rollout.served_models(ctx.center)
+    rows = ctx.client.call("GET", "/models")
     if as_json:
-        return _print_json(rows)
-    table = Table("model", "size", "created", "metrics", "serving at")
+        return print_json(rows)
+    table = Table(Column("model", overflow="fold"), "size", Column("metrics", overflow="fold"), "serving at")
     for r in rows:
-        metrics = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in r["metrics"].items())
-        table.add_row(r["ref"], _bytes(r["bytes"]), r["created"], metrics or "-", ", ".join(r["serving_at"]) or "-")
+        metrics = ", ".join(f"{k} {v:.3f}" for k, v in r["metrics"].items() if isinstance(v, float) and k in
+                            ("accuracy", "automation_rate", "auto_precision", "escape_rate"))
+        table.add_row(escape(r["ref"]), fmt_bytes(r["bytes"]), metrics or "-", escape(", ".join(r["serving_at"]) or "-"))
     console.print(table)
-    console.print("sites: " + (", ".join(f"{s} {m or '(nothing rolled out)'}" for s, m in served.items()) or "none"))
 
 
 def _print_rows(rows: list[dict[str, Any]]) -> None:
-    from rich.table import Table
-
-    from coordinator.cli.main import console
-
-    table = Table("site", "model", "previous", "status", "seconds to serving")
+    table = Table(Column("site", no_wrap=True), Column("model", overflow="fold"), Column("previous", overflow="fold"),
+                  "status", "s to serve")
     for r in rows:
-        table.add_row(r["site"], r["model"], r["previous"] or "-",
+        table.add_row(escape(r["site"]), escape(r["model"]), escape(r["previous"] or "-"),
                       r["status"] if r["status"] == "serving" else f"[red]{r['status']}[/]",
                       f"{r['seconds']:.2f}" if r["seconds"] is not None else "-")
     console.print(table)
+    for r in rows:
+        if r.get("error"):
+            console.print(f"{escape(r['site'])}: {escape(r['error'])}", soft_wrap=True)
 
 
-def _run(as_json: bool, call, *, single: bool = False) -> None:
-    """Run a rollout; print every site's row (also when some failed), then fail with one line.
-    With `single`, JSON is the one site's object rather than a list."""
-    from coordinator.cli.main import _print_json, err_console
-
-    def event(site: str, message: str) -> None:
-        if not as_json:
-            err_console.print(f"{site}: {message}", highlight=False)
-
-    try:
-        rows = call(event)
-    except SiteError as e:
-        rows = e.details.get("results")
-        if rows:
-            _print_json(rows[0] if single else rows) if as_json else _print_rows(rows)
-        raise
-    _print_json(rows[0] if single else rows) if as_json else _print_rows(rows)
+def _run(ctx: Context, path: str, body: dict[str, Any], as_json: bool, timeout_s: float, *, single: bool = False) -> None:
+    """Start a rollout task; follow it; print every site's row (also when some failed)."""
+    task = ctx.client.call("POST", path, params={"wait": "false"}, json=body)
+    task = follow_task(ctx.client, task, err_console, timeout_s=timeout_s + 30, quiet=as_json)
+    rows = task.get("result") or []
+    if rows:
+        print_json(rows[0] if single else rows) if as_json else _print_rows(rows)
+    if task["state"] != "succeeded":
+        raise AdcpError(task.get("error") or f"task {task['id']} {task['state']}")
 
 
 @model.command("deploy")
 @click.argument("model_ref", metavar="NAME@VERSION")
 @click.option("--to", "to", required=True, help="Sites, comma-separated.")
 @_replicas_option
-@_timeout_option
-@_json_option
-@click.pass_obj
+@timeout_option(240, "Seconds to wait per site for the new version to answer")
+@json_option
+@pass_ctx
 def model_deploy(ctx: Context, model_ref: str, to: str, replicas: int | None, timeout_s: float, as_json: bool) -> None:
     """Roll NAME@VERSION (or model/NAME@VERSION) out to sites' Serve apps, all at once; print per
     site the seconds from this command to the new version answering."""
-    sites = [s.strip() for s in to.split(",") if s.strip()]
+    sites = split_names(to)
     if not sites:
         raise click.UsageError("--to needs at least one site name.")
-    cfg = _serve_cfg(ctx, replicas)
-    _run(as_json, lambda event: rollout.deploy(ctx.center, model_ref, sites, cfg, timeout_s=timeout_s,
-                                               on_event=event))
+    ref = model_ref.split("/", 1)[1] if model_ref.startswith("model/") else model_ref
+    name, _, version = ref.partition("@")
+    if not version:
+        raise click.UsageError("Give the version: NAME@VERSION (see `adcp model list`).")
+    body = {"to": sites, "timeout_s": timeout_s, **({"replicas": replicas} if replicas else {})}
+    _run(ctx, f"/models/{name}/{version}/deploy", body, as_json, timeout_s)
 
 
 @model.command("rollback")
 @click.option("--site", "site", required=True, help="The site whose Serve app goes back to its previous model.")
 @_replicas_option
-@_timeout_option
-@_json_option
-@click.pass_obj
+@timeout_option(240, "Seconds to wait for the previous version to answer")
+@json_option
+@pass_ctx
 def model_rollback(ctx: Context, site: str, replicas: int | None, timeout_s: float, as_json: bool) -> None:
     """Redeploy the model a site served before its current one."""
-    cfg = _serve_cfg(ctx, replicas)
-    _run(as_json, lambda event: [rollout.rollback(ctx.center, site, cfg, timeout_s=timeout_s, on_event=event)],
-         single=True)
+    body = {"timeout_s": timeout_s, **({"replicas": replicas} if replicas else {})}
+    _run(ctx, f"/sites/{site}/rollback", body, as_json, timeout_s, single=True)
+
+
+@click.command("classify")
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--site", "site", required=True, help="The site whose ADC app classifies them.")
+@json_option
+@pass_ctx
+def classify(ctx: Context, images: tuple[Path, ...], site: str, as_json: bool) -> None:
+    """Classify image files at a site's ADC app, through the coordinator and the site gateway."""
+    missing = [str(p) for p in images if not Path(p).is_file()]
+    if missing:
+        raise NotFoundError(f"No such image file: {', '.join(missing[:5])}.")
+    results: list[dict[str, Any]] = []
+    paths = list(images)
+    for i in range(0, len(paths), 64):
+        part = paths[i:i + 64]
+        files = [("files", (p.name, p.read_bytes(), "application/octet-stream")) for p in part]
+        answer = ctx.client.call("POST", f"/sites/{site}/classify", files=files)
+        results += [{"file": str(p), **r} for p, r in zip(part, answer["results"])]
+    if as_json:
+        return print_json(results)
+    table = Table(Column("file", overflow="fold"), "class", "conf", "decision", Column("model", overflow="fold"))
+    for r in results:
+        table.add_row(escape(r["file"]), r["class"], f"{r['confidence']:.3f}", r["decision"], escape(r["model_version"]))
+    console.print(table)
+
+
+def add_commands(cli: click.Group) -> None:
+    cli.add_command(model)
+    cli.add_command(classify)

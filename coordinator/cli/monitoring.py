@@ -1,10 +1,6 @@
 """`adcp top` and `adcp logs`: every site's health and load in the terminal, and a site's Ray job or
-Serve replica logs, read from the running coordinator's API when one runs (its monitor has the
-history and rates), else from a Monitor in this process.
-
-`coordinator.cli.main` calls `add_commands(cli)` at its end; like `cli_kube`, nothing is taken from
-`coordinator.cli.main` at import time.
-"""
+Serve replica logs, read from the coordinator's monitoring API (its monitor has the history and
+rates)."""
 
 from __future__ import annotations
 
@@ -16,7 +12,7 @@ import click
 from configs.errors import InputError
 
 if TYPE_CHECKING:
-    from coordinator.cli.main import Context
+    from coordinator.cli.context import Context
 
 __all__ = ["add_commands", "logs_cmd", "new_lines", "top_cmd", "top_table"]
 
@@ -25,39 +21,20 @@ _HEALTH_STYLE = {"ok": "green", "warn": "yellow", "down": "bold red"}
 
 
 class _Source:
-    """The coordinator's API when it runs, else a local Monitor."""
+    """The running coordinator's monitoring API (its monitor has the history and rates)."""
 
     def __init__(self, ctx: Context) -> None:
-        from coordinator import server
-
-        self.client = None
-        self.monitor = None
-        if server.running(ctx.ws.home) is not None:
-            from coordinator.cli.client import CoordinatorClient
-
-            self.client = CoordinatorClient(ctx.ws.home, timeout_s=30)
-        else:
-            from coordinator.monitoring.monitor import Monitor
-
-            self.monitor = Monitor(ctx.center)
+        self.client = ctx.client
 
     def overview(self) -> dict[str, Any]:
-        if self.client is not None:
-            return self.client.call("GET", "/overview")
-        self.monitor.sweep()
-        return self.monitor.overview()
+        return self.client.call("GET", "/overview")
 
     def logs(self, site: str, job: str | None, lines: int) -> dict[str, Any]:
-        if self.client is not None:
-            params: dict[str, Any] = {"lines": lines, **({"job": job} if job else {})}
-            return self.client.call("GET", f"/sites/{site}/logs", params=params)
-        return self.monitor.logs(site, job=job, lines=lines)
+        params: dict[str, Any] = {"lines": lines, **({"job": job} if job else {})}
+        return self.client.call("GET", f"/sites/{site}/logs", params=params)
 
     def close(self) -> None:
-        if self.client is not None:
-            self.client.close()
-        if self.monitor is not None:
-            self.monitor.stop()
+        pass
 
 
 def _fmt(value: Any, unit: str = "", scale: float = 1.0, digits: int = 0) -> str:
@@ -66,14 +43,19 @@ def _fmt(value: Any, unit: str = "", scale: float = 1.0, digits: int = 0) -> str
     return f"{value / scale:.{digits}f}{unit}"
 
 
-def top_table(overview: dict[str, Any]) -> Any:
-    """A rich Table of every site (worst health first) with the totals in its caption."""
+def top_table(overview: dict[str, Any], wide: bool = False) -> Any:
+    """A rich Table of every site (worst health first) with the totals in its caption; without
+    `wide` only the columns that fit an 80-column terminal."""
     from rich.markup import escape
     from rich.table import Column, Table
 
     t = overview["totals"]
-    table = Table(Column("site", no_wrap=True), Column("health", no_wrap=True), "CPU", "mem", "disk", "net in/out", "GPU", "jobs", "serve", "req/s", "auto",
-                  title=f"ADC Platform: {t['up']}/{t['sites']} sites up, {t['alerts_active']} alerts",
+    cols = [Column("site", no_wrap=True, max_width=18, overflow="ellipsis"), Column("health", no_wrap=True),
+            "CPU", "mem", "jobs", "req/s", "auto"]
+    if wide:
+        cols[4:4] = ["disk", "net in/out", "GPU"]
+        cols.insert(-2, "serve")
+    table = Table(*cols, title=f"ADC Platform: {t['up']}/{t['sites']} sites up, {t['alerts_active']} alerts",
                   caption=f"{t['jobs_running']} jobs running, {t['inference_rps']:.1f} req/s, "
                           f"{t['images_total']} images classified; at {overview['generated_at']}")
     order = {"down": 0, "warn": 1, "ok": 2}
@@ -81,25 +63,28 @@ def top_table(overview: dict[str, Any]) -> Any:
         v = s["latest"]
         mem = f"{_fmt(v.get('mem_used'), '', 2**30, 1)}/{_fmt(v.get('mem_total'), ' GiB', 2**30, 1)}"
         net = f"{_fmt(v.get('net_rx_bps'), '', 1e3, 0)}/{_fmt(v.get('net_tx_bps'), ' kB/s', 1e3, 0)}"
-        health = s["health"] if s["reachable"] else f"{s['health']} ({escape((s['error'] or '')[:40])})"
-        table.add_row(escape(s["name"]), f"[{_HEALTH_STYLE.get(s['health'], '')}]{health}[/]",
-                      _fmt(v.get("cpu_util"), " %", digits=1), mem, _fmt(v.get("disk_util"), " %", digits=0), net,
-                      _fmt(v.get("gpu_util"), " %", digits=0), str(s["jobs"]["running"]),
-                      escape(str(s["serve"].get("status", "-"))), _fmt(v.get("inference_rps"), digits=1),
-                      _fmt(s.get("automation_rate"), " %", 0.01, 0))
+        health = s["health"] if s["reachable"] or not wide else f"{s['health']} ({escape((s['error'] or '')[:40])})"
+        cells = [escape(s["name"]), f"[{_HEALTH_STYLE.get(s['health'], '')}]{health}[/]",
+                 _fmt(v.get("cpu_util"), " %", digits=1), mem, str(s["jobs"]["running"]),
+                 _fmt(v.get("inference_rps"), digits=1), _fmt(s.get("automation_rate"), " %", 0.01, 0)]
+        if wide:
+            cells[4:4] = [_fmt(v.get("disk_util"), " %", digits=0), net, _fmt(v.get("gpu_util"), " %", digits=0)]
+            cells.insert(-2, escape(str(s["serve"].get("status", "-"))))
+        table.add_row(*cells)
     return table
 
 
 @click.command("top")
 @click.option("--once", is_flag=True, help="Print one frame and exit.")
+@click.option("--wide", "-w", is_flag=True, help="All columns (the default fits 80 columns).")
 @click.option("--interval", type=float, default=None,
               help="Seconds between frames (default: the monitor's collection interval).")
 @click.pass_obj
-def top_cmd(ctx: Context, once: bool, interval: float | None) -> None:
+def top_cmd(ctx: Context, once: bool, wide: bool, interval: float | None) -> None:
     """A live view of every site's health and load (Ctrl-C to quit)."""
     from rich.live import Live
 
-    from coordinator.cli.main import console
+    from coordinator.cli.context import console
 
     if interval is not None and interval <= 0:
         raise click.UsageError(f"--interval must be positive; got {interval}.")
@@ -107,13 +92,13 @@ def top_cmd(ctx: Context, once: bool, interval: float | None) -> None:
     try:
         overview = source.overview()
         if once:
-            console.print(top_table(overview))
+            console.print(top_table(overview, wide))
             return
         every = interval or float(overview.get("interval_s") or 5)
-        with Live(top_table(overview), console=console, screen=False, auto_refresh=False) as live:
+        with Live(top_table(overview, wide), console=console, screen=False, auto_refresh=False) as live:
             while True:
                 time.sleep(every)  # the refresh period of a live view, not a wait on a condition
-                live.update(top_table(source.overview()), refresh=True)
+                live.update(top_table(source.overview(), wide), refresh=True)
     except KeyboardInterrupt:
         pass
     finally:

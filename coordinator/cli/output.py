@@ -24,3 +24,27 @@ def transfer_progress(console: Console) -> Progress:
     """A bar per destination: bytes done/total, speed, and objects done/total."""
     return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                     TextColumn("{task.fields[objects]} objects"), TimeElapsedColumn(), console=console, transient=True)
+
+
+def follow_task(client, task: dict, console: Console, *, timeout_s: float, quiet: bool = False) -> dict:
+    """Show a coordinator task until it ends: its events as lines and, while it moves bytes, a bar
+    per destination fed by the task's progress. Returns the finished task (any state)."""
+    shown = 0
+    bars: dict[str, int] = {}
+    with transfer_progress(console) as bar:
+        def update(t: dict) -> None:
+            nonlocal shown
+            if not quiet:
+                for line in t["events"][shown:]:
+                    bar.console.print(line, highlight=False, markup=False)
+            shown = len(t["events"])
+            for key, p in t.get("progress", {}).items():
+                if key not in bars:
+                    bars[key] = bar.add_task(key, total=p["bytes_total"] or 1, objects="0/0")
+                bar.update(bars[key], completed=p["bytes_done"], total=p["bytes_total"] or 1,
+                           objects=f"{p['objects_done']}/{p['objects_total']}")
+
+        update(task)
+        if task["state"] != "running":
+            return task
+        return client.wait_task(task["id"], timeout_s=timeout_s, on_update=update)
