@@ -53,7 +53,7 @@ demo: install
 # Import layering and circles (import-linter contracts in pyproject.toml), then ruff's rule set
 # ([tool.ruff] in pyproject.toml; .venv and node_modules are excluded by ruff's defaults).
 lint: install
-	$(VENV)/bin/lint-imports
+	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/ruff check .
 
 test: install-test lint
