@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import tempfile
 import time
@@ -22,13 +23,17 @@ import numpy as np
 import torch
 
 from configs import SynthConfig, load_defaults
-from coordinator.cli import operations
-from coordinator.cli.workspace import Workspace
-from data.dataset import open_dataset
+from coordinator.cli.client import CoordinatorClient, resolve
+from coordinator.cli.upload import Upload
+from data.artifacts import ArtifactRef, ArtifactStore
+from data.dataset import open_dataset, write_synthetic
+from data.model_format import read_metadata
 from data.preprocess import decode_image, normalize
 from data.schema import DEFECT_CLASSES, split_of
-from raycluster import running_site
+from tests.platform_fixtures import running_platform
 from train_jobs.model import ADCNet
+
+ARGS: argparse.Namespace
 
 
 def plain_loop(dataset_url: str, epochs: int, batch: int, width: int) -> dict:
@@ -58,21 +63,36 @@ def plain_loop(dataset_url: str, epochs: int, batch: int, width: int) -> dict:
     return {"samples_per_s": len(x) / steady, "epoch_seconds": times, "rows": len(x)}
 
 
-def ray_train(ws: Workspace, epochs: int, batch_per_worker: int, width: int) -> dict:
+def ray_train(home: Path, epochs: int, batch_per_worker: int, width: int) -> dict:
+    """Train through the coordinator at a local site (as `adcp train --for fab-a --on fab-a` does);
+    epoch seconds from the `epoch N/M ... (S s)` lines of the job's log."""
     defaults = load_defaults()
-    with running_site(defaults.site, ws.home) as site:
-        seconds: list[float] = []
+    site = defaults.site
+    with running_platform(home, {site.name: {"num_cpus": site.num_cpus, "object_store_mb": site.object_store_mb}}):
+        client = CoordinatorClient(resolve(home, home_given=True))
+        data_dir = home.parent / "bench-data"
+        upload = Upload(client, "dataset", "bench")
+        ds = write_synthetic(data_dir.as_uri(), SynthConfig(images=ARGS.images, seed=1), name="bench",
+                             version=upload.version)
+        upload.send(data_dir, meta={"rows": ds.manifest["rows"]})
         started = time.perf_counter()
-        outcome = operations.train(
-            ws, site, defaults, "bench",
-            options={"epochs": epochs, "batch_size": batch_per_worker, "width": width},
-            on_epoch=lambda e, of, line: seconds.append(float(line.rsplit("(", 1)[1].rstrip("s)"))),
-        )
+        job = client.call("POST", "/jobs", json={"origin": site.name, "on": site.name, "dataset": "bench",
+                                                 "epochs": epochs, "batch_size": batch_per_worker,
+                                                 "options": {"width": width}})
+        while job["status"] not in ("succeeded", "failed", "stopped"):
+            time.sleep(1)  # poll interval of a run that takes minutes
+            job = client.call("GET", f"/jobs/{job['id']}")
         total = time.perf_counter() - started
-    rows = outcome.metadata.metrics["train_rows"]
+        if job["status"] != "succeeded":
+            raise SystemExit(f"training failed: {job['error']}")
+        logs = client.call("GET", f"/jobs/{job['id']}/logs")
+        meta = read_metadata(ArtifactStore((home / "store").as_uri()).manifest_url(
+            ArtifactRef.parse(job["outcome"]["artifact"])))
+    seconds = [float(m) for m in re.findall(r"epoch \d+/\d+ loss=.*\(([\d.]+)s\)", logs)]
+    rows = meta.metrics["train_rows"]
     steady = statistics.median(seconds[1:] or seconds)
     return {"samples_per_s": rows / steady, "epoch_seconds": seconds, "rows": rows, "job_seconds": total,
-            "workers": defaults.train_config(dataset="-", output="-").num_workers}
+            "workers": defaults.train_config(dataset="-", output="-").num_workers, "dataset_url": data_dir.as_uri()}
 
 
 def main() -> None:
@@ -82,13 +102,13 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--out", type=Path, default=None, help="Also write the JSON here.")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="adcp-bench-") as home:
-        ws = Workspace.at(Path(home))
-        ds = operations.synth_dataset(ws, "bench", SynthConfig(images=args.images, seed=1))
+    global ARGS
+    ARGS = args
+    with tempfile.TemporaryDirectory(prefix="adcp-bench-") as tmp:
         workers = load_defaults().train_config(dataset="-", output="-").num_workers
         batch = load_defaults().train_config(dataset="-", output="-").batch_size
-        plain = plain_loop(ds.url, args.epochs, batch * workers, args.width)
-        ray = ray_train(ws, args.epochs, batch, args.width)
+        ray = ray_train(Path(tmp) / "home", args.epochs, batch, args.width)
+        plain = plain_loop(ray.pop("dataset_url"), args.epochs, batch * workers, args.width)
     result = {
         "machine": {"cpus": os.cpu_count(), "torch": torch.__version__},
         "images": args.images, "epochs": args.epochs, "global_batch": batch * workers,

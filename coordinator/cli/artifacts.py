@@ -59,7 +59,7 @@ def _upload(ctx: Context, source: Path, kind: str, name: str, version: str | Non
             n = t.fields.get("n", 0) + nobjects
             bar.update(task, advance=nbytes, n=n, objects=f"{n}/{t.fields.get('of', '?')}")
 
-        return up.send(source, on_plan=plan, on_progress=advance, meta=meta if upload else None)
+        return up.send(source, on_plan=plan, on_progress=advance, meta=meta if upload is not None else None)
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -105,8 +105,7 @@ def data_synth(ctx: Context, name, images, size, seed, preview, as_json) -> None
                 ds = write_synthetic(Path(tmp).as_uri(), cfg, name=name, version=up.version,
                                      on_progress=lambda n: bar.advance(task, n))
             m = ds.manifest
-            done = _upload(ctx, Path(tmp), "dataset", name, None, None, as_json, upload=up,
-                           meta={"rows": m["rows"], "class_counts": m["class_counts"], "dataset_sha256": m["sha256"]})
+            done = _upload(ctx, Path(tmp), "dataset", name, None, {"rows": m["rows"], "class_counts": m["class_counts"], "dataset_sha256": m["sha256"]}, as_json, upload=up)
         out.update(dataset=ds.dataset_id, artifact=done["artifact"], rows=m["rows"], class_counts=m["class_counts"],
                    sha256=ds.sha256, bytes=done["bytes"], bytes_sent=done["bytes_sent"])
         if not as_json:
@@ -134,6 +133,18 @@ def data_list(ctx: Context, as_json: bool) -> None:
 
 # --- upload, push -------------------------------------------------------------------------------
 
+def _meta_of(kind: str, source: Path) -> dict[str, Any]:
+    """The manifest meta of an upload: where it came from, and for an exported model folder what
+    `adcp model list` shows (model id, validation metrics, lineage) from its metadata.json."""
+    meta: dict[str, Any] = {"uploaded_from": source.name}
+    if kind == "model" and (source / "metadata.json").is_file():
+        from data.model_format import read_metadata
+
+        m = read_metadata(str(source))
+        meta.update(model_id=m.model_id, metrics=m.metrics.get("val", {}), lineage=m.lineage)
+    return meta
+
+
 @click.command("upload")
 @click.argument("source", type=click.Path(path_type=Path, exists=True))
 @click.option("--as", "as_ref", required=True, help="KIND/NAME[@VERSION] to publish it as (default version: next number).")
@@ -142,7 +153,7 @@ def data_list(ctx: Context, as_json: bool) -> None:
 def upload(ctx: Context, source: Path, as_ref: str, as_json: bool) -> None:
     """Upload a local file or folder to the central store as an artifact (resumable, verified)."""
     kind, name, version = parse_as(as_ref)
-    done = _upload(ctx, source, kind, name, version, {"uploaded_from": source.name}, as_json)
+    done = _upload(ctx, source, kind, name, version, _meta_of(kind, source), as_json)
     if as_json:
         return print_json(done)
     console.print(f"{done['artifact']}: {done['objects']} objects, {fmt_bytes(done['bytes'])} "
@@ -169,7 +180,8 @@ def push(ctx: Context, artifact: str, to: str, as_ref: str | None, source: str, 
         path = Path(artifact)
         if not path.exists():
             raise InputError(f"No such file or folder: {artifact}.", hint="--as uploads a local file or folder first.")
-        artifact = _upload(ctx, path, *parse_as(as_ref), {"uploaded_from": path.name}, as_json)["artifact"]
+        kind, name, version = parse_as(as_ref)
+        artifact = _upload(ctx, path, kind, name, version, _meta_of(kind, path), as_json)["artifact"]
     body = {"artifact": artifact, "to": split_names(to), "source": source, "verify_existing": verify_existing,
             **({"max_mbps": max_mbps} if max_mbps else {})}
     started = ctx.client.call("POST", "/transfers", json=body)

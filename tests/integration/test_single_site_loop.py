@@ -1,9 +1,9 @@
-"""The whole loop an algorithm engineer runs, on one real local Ray site: synthesise a dataset,
-train with Ray Train as a Ray job, deploy the Serve app through the dashboard's REST API,
-classify over HTTP; then resume training from a checkpoint, swap models under load, and run
-`adcp demo` itself.
+"""The whole loop an algorithm engineer runs, on one real local Ray site, through the coordinator
+as a user runs it: synthesise a dataset (uploaded), train with Ray Train as a Ray job (`adcp train
+--for fab-a --on fab-a`), roll the model out to the Serve app, classify over HTTP; then refuse a
+version that exists, swap models under load, and run `adcp demo` itself.
 
-The site and the trained model are shared by the module (training is the expensive part).
+The platform and the trained model are shared by the module (training is the expensive part).
 """
 
 from __future__ import annotations
@@ -17,14 +17,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from configs import InputError, load_defaults
+from configs import load_defaults
 from configs.loader import Defaults
-from coordinator.cli import operations
-from coordinator.cli.main import main
 from coordinator.cli.demo import TARGETS, classify_over_http, held_out, score
-from coordinator.cli.workspace import Workspace
-from data.dataset import Dataset
-from raycluster import LocalSite, list_sites, running_site
+from coordinator.cli.main import main
+from data.artifacts import ArtifactRef, ArtifactStore
+from data.dataset import Dataset, open_dataset
+from data.model_format import ModelMetadata, read_metadata
+from raycluster import list_sites
+from tests.platform_fixtures import run_cli, running_platform
 from tests.serve_fixtures import export_tiny_model, wait_for
 
 pytestmark = pytest.mark.integration
@@ -32,31 +33,52 @@ pytestmark = pytest.mark.integration
 
 @dataclass
 class Loop:
-    ws: Workspace
+    home: Path
     defaults: Defaults
     dataset: Dataset
-    site: LocalSite
-    outcome: operations.TrainOutcome
-    epochs_seen: list[int]
+    job: dict
+    metadata: ModelMetadata
+    serve_url: str
+    headers: dict
+
+
+def _cli_json(capsys, home: Path, *args: str):
+    code, out, err = run_cli(capsys, home, *args, "--json")
+    assert code == 0, err
+    return json.loads(out)
 
 
 @pytest.fixture(scope="module")
 def loop(tmp_path_factory) -> Loop:
-    home = tmp_path_factory.mktemp("loop")
-    ws = Workspace.at(home)
+    home = tmp_path_factory.mktemp("loop") / "home"
     defaults = load_defaults()
-    dataset = operations.synth_dataset(ws, "aoi", defaults.synth)
-    with running_site(defaults.site, home) as site:
-        epochs: list[int] = []
-        outcome = operations.train(ws, site, defaults, "aoi", on_epoch=lambda e, of, line: epochs.append(e))
-        operations.deploy_model(ws, site, defaults.serve, outcome.model_uri)
-        yield Loop(ws, defaults, dataset, site, outcome, epochs)
+
+    with running_platform(home, {"fab-a": {"num_cpus": 4, "object_store_mb": 768}}):
+        assert main(["--home", str(home), "data", "synth", "--name", "aoi"]) == 0
+        central = ArtifactStore((home / "store").as_uri())
+        dataset = open_dataset(central.manifest_url(ArtifactRef("dataset", "aoi", "1")))
+        import contextlib
+        import io
+
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert main(["--home", str(home), "train", "--for", "fab-a", "--on", "fab-a", "--dataset", "aoi",
+                         "--json"]) == 0
+        job = json.loads(out.getvalue())
+        name, version = job["model"].split("@")
+        assert main(["--home", str(home), "model", "deploy", job["model"], "--to", "fab-a"]) == 0
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert main(["--home", str(home), "site", "env", "fab-a", "--json"]) == 0
+        env = json.loads(out.getvalue())
+        meta = read_metadata(central.manifest_url(ArtifactRef("model", name, version)))
+        yield Loop(home, defaults, dataset, job, meta, env["serve_url"], env["serve_headers"])
 
 
 def test_training_reaches_the_targets_over_http(loop: Loop):
     images, labels = held_out(loop.dataset)
-    results, _ = classify_over_http(loop.site.serve_url, images)
-    figures = score(results, [labels[i] for i, _ in images], set(loop.outcome.metadata.no_defect_classes))
+    results, _ = classify_over_http(loop.serve_url, images, headers=loop.headers)
+    figures = score(results, [labels[i] for i, _ in images], set(loop.metadata.no_defect_classes))
     print("held-out figures:", figures)
     assert figures["images_classified"] == len(images) > 400
     assert figures["accuracy"] >= TARGETS["accuracy"][1]
@@ -67,16 +89,17 @@ def test_training_reaches_the_targets_over_http(loop: Loop):
     # target itself. The instability is reported in the issue note.
     assert figures["automation_rate"] >= 0.7
     assert figures["escape_rate"] <= 0.01
-    assert {r["model_version"] for r in results} == {loop.outcome.metadata.model_id}
+    assert {r["model_version"] for r in results} == {loop.metadata.model_id}
 
 
-def test_every_epoch_was_reported_and_lineage_recorded(loop: Loop):
-    meta = loop.outcome.metadata
+def test_every_epoch_was_relayed_and_lineage_recorded(loop: Loop):
+    meta = loop.metadata
     epochs = loop.defaults.train_config(dataset="-", output="-").epochs
-    assert loop.epochs_seen == list(range(1, epochs + 1))
+    assert len(loop.job["checkpoints"]) == epochs  # one checkpoint artifact per epoch, relayed home
+    assert loop.job["ran_at"] == ["fab-a"]
     assert meta.lineage["dataset"] == loop.dataset.dataset_id
     assert meta.lineage["dataset_sha256"] == loop.dataset.sha256
-    assert meta.lineage["trained_at"] == [loop.site.name]
+    assert meta.lineage["trained_at"] == ["fab-a"] and meta.lineage["trained_for"] == "fab-a"
     assert len(meta.lineage["code_version"]) == 12
     assert set(meta.thresholds) == set(meta.classes)
     assert all(f"val_recall/{c}" in meta.metrics for c in meta.classes)
@@ -88,11 +111,16 @@ def test_classify_cli_on_files(loop: Loop, tmp_path, capsys):
     for image_id, blob in images[:3]:
         paths.append(tmp_path / f"{image_id}.png")
         paths[-1].write_bytes(blob)
-    code = main(["--home", str(loop.ws.home), "classify", *map(str, paths), "--site", loop.site.name, "--json"])
-    out = json.loads(capsys.readouterr().out)
-    assert code == 0
+    out = _cli_json(capsys, loop.home, "classify", *map(str, paths), "--site", "fab-a")
     assert [Path(r["file"]).name for r in out] == [p.name for p in paths]
     assert all(r["decision"] in {"defect", "false_defect", "review"} and len(r["top3"]) == 3 for r in out)
+
+
+def test_a_published_version_is_never_trained_again(loop: Loop, capsys):
+    name, version = loop.job["model"].split("@")
+    code, _, err = run_cli(capsys, loop.home, "train", "--for", "fab-a", "--on", "fab-a", "--dataset", "aoi",
+                           "--model-name", name, "--model-version", version)
+    assert code == 1 and "already exists" in err
 
 
 @pytest.mark.parametrize(
@@ -104,7 +132,7 @@ def test_classify_cli_on_files(loop: Loop, tmp_path, capsys):
     ],
 )
 def test_bad_input_gets_a_4xx_json_body(loop: Loop, body, content_type, status):
-    r = httpx.post(f"{loop.site.serve_url}/v1/classify", content=body, headers={"Content-Type": content_type},
+    r = httpx.post(f"{loop.serve_url}/v1/classify", content=body, headers={"Content-Type": content_type},
                    timeout=60)
     assert r.status_code == status
     assert r.json()["detail"]
@@ -117,45 +145,27 @@ def test_tiny_image_is_refused_with_the_allowed_range(loop: Loop):
 
     buf = io.BytesIO()
     Image.new("L", (8, 8)).save(buf, format="PNG")
-    r = httpx.post(f"{loop.site.serve_url}/v1/classify", content=buf.getvalue(),
+    r = httpx.post(f"{loop.serve_url}/v1/classify", content=buf.getvalue(),
                    headers={"Content-Type": "image/png"}, timeout=60)
     assert 400 <= r.status_code < 500
     assert "16" in json.dumps(r.json())
 
 
-def test_resume_from_latest_checkpoint(loop: Loop):
-    """A run resumed from an earlier version's checkpoints continues after its last epoch and
-    publishes a new version (published models never change)."""
-    meta = loop.outcome.metadata
-    epochs = loop.defaults.train_config(dataset="-", output="-").epochs
-    seen: list[int] = []
-    outcome = operations.train(
-        loop.ws, loop.site, loop.defaults, "aoi",
-        options={"model_name": meta.name, "resume_from": meta.version, "epochs": epochs + 1},
-        on_epoch=lambda e, of, line: seen.append(e),
-    )
-    assert seen == [epochs + 1]  # only the new epoch ran
-    assert outcome.metadata.metrics["epoch"] == epochs + 1
-    assert outcome.metadata.version != meta.version
-    with pytest.raises(InputError, match="already exists"):
-        operations.train(loop.ws, loop.site, loop.defaults, "aoi",
-                         options={"model_name": meta.name, "model_version": meta.version})
-
-
-def test_model_swap_under_concurrent_load_drops_nothing(loop: Loop):
+def test_model_swap_under_concurrent_load_drops_nothing(loop: Loop, tmp_path, capsys):
     images, _ = held_out(loop.dataset)
     blobs = [blob for _, blob in images[:32]]
-    other_uri, other = export_tiny_model(Path(loop.ws.home) / "store/models/adc-swap/2", "2", name="adc-swap")
+    _, other = export_tiny_model(tmp_path / "adc-swap", "2", name="adc-swap")
+    assert run_cli(capsys, loop.home, "upload", str(tmp_path / "adc-swap"), "--as", "model/adc-swap@2")[0] == 0
     stop = threading.Event()
     outcomes: Counter[str] = Counter()
     failures: list[str] = []
 
     def hammer(offset: int) -> None:
-        with httpx.Client(timeout=60) as client:
+        with httpx.Client(timeout=60, headers=loop.headers) as client:
             i = offset
             while not stop.is_set():
                 try:
-                    r = client.post(f"{loop.site.serve_url}/v1/classify", content=blobs[i % len(blobs)],
+                    r = client.post(f"{loop.serve_url}/v1/classify", content=blobs[i % len(blobs)],
                                     headers={"Content-Type": "image/png"})
                     if r.status_code == 200:
                         outcomes[r.json()["model_version"]] += 1
@@ -170,10 +180,10 @@ def test_model_swap_under_concurrent_load_drops_nothing(loop: Loop):
         t.start()
     try:
         wait_for(lambda: sum(outcomes.values()) >= 20, 60, "load running against the first model")
-        operations.deploy_model(loop.ws, loop.site, loop.defaults.serve, other_uri)
+        assert run_cli(capsys, loop.home, "model", "deploy", "adc-swap@2", "--to", "fab-a")[0] == 0
         wait_for(lambda: outcomes[other.model_id] >= 20, 60, "answers from the swapped-in model")
-        operations.deploy_model(loop.ws, loop.site, loop.defaults.serve, loop.outcome.model_uri)
-        first = loop.outcome.metadata.model_id
+        assert run_cli(capsys, loop.home, "model", "rollback", "--site", "fab-a")[0] == 0
+        first = loop.metadata.model_id
         before = outcomes[first]
         wait_for(lambda: outcomes[first] >= before + 20, 60, "answers from the original model again")
     finally:
@@ -203,3 +213,4 @@ def test_demo_command_runs_end_to_end(tmp_path, capsys):
     assert figures["images_classified"] > 30
     assert "ADC demo results" in capsys.readouterr().out
     assert list_sites(home) == []
+    assert not (home / "coordinator" / "server.json").exists()  # its coordinator is stopped too
