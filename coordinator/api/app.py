@@ -1,5 +1,7 @@
-"""The coordinator's HTTP API (FastAPI). Every route under /api/v1 needs the bearer token created at
-`adcp up`; each handler calls the same `Center` method the CLI calls.
+"""The coordinator's HTTP API (FastAPI). Every route under /api/v1 passes the door
+(`coordinator.api.auth`): a bearer token (the admin one created at `adcp up`, or a user's), a role
+allowed by `ROUTE_ROLES`, and an audit row for every change; each handler calls the same `Center`
+method the CLI calls.
 
 OpenAPI docs are at /docs and /openapi.json (they describe the API and hold no data).
 """
@@ -8,21 +10,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import secrets
 import threading
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from configs.errors import AdcpError, InputError
+from coordinator.api.auth import install_door
 from coordinator.api.model_routes import add_model_routes
 from coordinator.api.monitoring_routes import add_monitoring_routes
+from coordinator.api.user_routes import add_user_routes
 from coordinator.center.core import CENTER, Center, PushPlan
 from coordinator.monitoring.monitor import Monitor
 from coordinator.dashboard.routes import add_dashboard_routes
@@ -100,15 +102,7 @@ def create_app(center: Center, token: str, trainer: Trainer | None = None, monit
     app = FastAPI(title="ADC Platform coordinator", version="1", lifespan=lifespan,
                   description="Sites, artifacts and transfers of the ADC Platform.")
     app.state.monitor = monitor
-    bearer = HTTPBearer(auto_error=False)
-
-    def require_token(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-        if creds is None or not secrets.compare_digest(creds.credentials, token):
-            raise HTTPException(
-                status_code=401,
-                detail="missing or wrong bearer token" if creds else "missing bearer token",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+    users, audit = install_door(app, token, center.state)  # before any route: it guards each one added after
 
     @app.exception_handler(AdcpError)
     async def _adcp_error(request: Request, exc: AdcpError) -> JSONResponse:
@@ -131,37 +125,35 @@ def create_app(center: Center, token: str, trainer: Trainer | None = None, monit
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    auth = [Depends(require_token)]
-
-    @app.get(f"/api/{API_VERSION}/sites", dependencies=auth)
+    @app.get(f"/api/{API_VERSION}/sites")
     async def list_sites(live: bool = Query(True, description="Read each site's live status")) -> list[dict[str, Any]]:
         if live:
             return await run_in_threadpool(center.status)
         return [s.model_dump(mode="json") for s in center.sites()]
 
-    @app.get(f"/api/{API_VERSION}/sites/{{name}}", dependencies=auth)
+    @app.get(f"/api/{API_VERSION}/sites/{{name}}")
     async def get_site(name: str) -> dict[str, Any]:
         site = center.site(name)
         status = (await run_in_threadpool(center.status, [name]))[0]
         return {**status, "config": site.model_dump(mode="json")}
 
-    @app.post(f"/api/{API_VERSION}/sites", dependencies=auth, status_code=201)
+    @app.post(f"/api/{API_VERSION}/sites", status_code=201)
     def add_site(body: SiteIn) -> dict[str, Any]:
         fields = body.model_dump()
         return center.add_site(fields.pop("name"), **fields).model_dump(mode="json")
 
-    @app.delete(f"/api/{API_VERSION}/sites/{{name}}", dependencies=auth, status_code=204)
+    @app.delete(f"/api/{API_VERSION}/sites/{{name}}", status_code=204)
     def remove_site(name: str) -> None:
         center.remove_site(name)
 
-    @app.get(f"/api/{API_VERSION}/artifacts", dependencies=auth)
+    @app.get(f"/api/{API_VERSION}/artifacts")
     def list_artifacts(site: str = Query(CENTER, description="'center' or a site name"),
                        kind: str | None = Query(None, description=f"one of {', '.join(KINDS)}")) -> list[dict[str, Any]]:
         if kind is not None and kind not in KINDS:
             raise InputError(f'Got "{kind}" for kind.', allowed=", ".join(KINDS))
         return center.artifacts(site, kind)
 
-    @app.post(f"/api/{API_VERSION}/transfers", dependencies=auth, status_code=202)
+    @app.post(f"/api/{API_VERSION}/transfers", status_code=202)
     def create_transfer(body: TransferIn, response: Response,
                         wait: bool = Query(False, description="Answer when every transfer has finished")) -> dict[str, Any]:
         """Start a push; 202 with one transfer id per site (follow them at /transfers/{id}), or
@@ -174,47 +166,48 @@ def create_app(center: Center, token: str, trainer: Trainer | None = None, monit
         threading.Thread(target=_run_logged, args=(center, plan), daemon=True, name="push").start()
         return plan.to_dict()
 
-    @app.get(f"/api/{API_VERSION}/transfers", dependencies=auth)
+    @app.get(f"/api/{API_VERSION}/transfers")
     def list_transfers(limit: int = Query(50, ge=1, le=1000)) -> list[dict[str, Any]]:
         return center.transfers(limit)
 
-    @app.get(f"/api/{API_VERSION}/transfers/{{transfer_id}}", dependencies=auth)
+    @app.get(f"/api/{API_VERSION}/transfers/{{transfer_id}}")
     def get_transfer(transfer_id: str) -> dict[str, Any]:
         return center.transfer(transfer_id)
 
-    add_model_routes(app, center, auth)
-    add_monitoring_routes(app, center, monitor, require_token)
-    add_dashboard_routes(app, center, token)
+    add_model_routes(app, center)
+    add_monitoring_routes(app, center, monitor)
+    add_dashboard_routes(app, center)
+    add_user_routes(app, users, audit)
     if trainer is not None:
-        _job_routes(app, trainer, auth)
+        _job_routes(app, trainer)
     return app
 
 
-def _job_routes(app: FastAPI, trainer: Trainer, auth: list[Any]) -> None:
+def _job_routes(app: FastAPI, trainer: Trainer) -> None:
     base = f"/api/{API_VERSION}/jobs"
 
-    @app.post(f"{base}/plan", dependencies=auth)
+    @app.post(f"{base}/plan")
     def plan_job(body: JobIn) -> dict[str, Any]:
         """Where the job would run and why, and what must be shipped there (nothing starts)."""
         p = trainer.plan(TrainRequest(**body.model_dump()))
         return {**p.to_dict(), "lines": p.lines()}
 
-    @app.post(base, dependencies=auth, status_code=202)
+    @app.post(base, status_code=202)
     def start_job(body: JobIn) -> dict[str, Any]:
         return trainer.start(TrainRequest(**body.model_dump()))
 
-    @app.get(base, dependencies=auth)
+    @app.get(base)
     def list_jobs(limit: int = Query(50, ge=1, le=1000)) -> list[dict[str, Any]]:
         return trainer.jobs(limit)
 
-    @app.get(f"{base}/{{job_id}}", dependencies=auth)
+    @app.get(f"{base}/{{job_id}}")
     def get_job(job_id: str) -> dict[str, Any]:
         return trainer.job(job_id)
 
-    @app.get(f"{base}/{{job_id}}/logs", dependencies=auth, response_class=PlainTextResponse)
+    @app.get(f"{base}/{{job_id}}/logs", response_class=PlainTextResponse)
     def job_logs(job_id: str, attempt: int = Query(-1, description="1-based attempt; -1 the latest")) -> str:
         return trainer.logs(job_id, attempt - 1 if attempt > 0 else -1)
 
-    @app.post(f"{base}/{{job_id}}/stop", dependencies=auth)
+    @app.post(f"{base}/{{job_id}}/stop")
     def stop_job(job_id: str) -> dict[str, Any]:
         return trainer.stop(job_id)

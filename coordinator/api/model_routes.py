@@ -1,8 +1,8 @@
 """The coordinator's HTTP routes for models and rollouts, over `coordinator.jobs.rollout`.
 
-`coordinator.api.create_app` adds them with `add_model_routes(app, center, auth)`; `auth` is its
-bearer-token dependency list, and AdcpErrors raised here become 4xx/5xx JSON through the app's
-handler. Rollouts answer when every site serves the new model (seconds; each site is timed).
+`coordinator.api.create_app` adds them with `add_model_routes(app, center)`; the app-wide door
+(`coordinator.api.auth`) checks each caller's role, and AdcpErrors raised here become 4xx/5xx JSON
+through the app's handler. Rollouts answer when every site serves the new model (seconds; each site is timed).
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ class RollbackIn(BaseModel):
     timeout_s: float = Field(240, gt=0, le=3600)
 
 
-def add_model_routes(app: FastAPI, center: Center, auth: list, serve_cfg: ServeConfig | None = None) -> None:
+def add_model_routes(app: FastAPI, center: Center, serve_cfg: ServeConfig | None = None) -> None:
     """Add GET /models, POST /models/{name}/{version}/deploy, POST /sites/{site}/rollback and
-    GET /deployments under /api/v1, each behind `auth`. `serve_cfg` defaults to the serve section
+    GET /deployments under /api/v1 (the door checks roles). `serve_cfg` defaults to the serve section
     of `configs/defaults.yaml`, read once here."""
     if serve_cfg is None:
         from configs.loader import load_defaults
@@ -46,12 +46,12 @@ def add_model_routes(app: FastAPI, center: Center, auth: list, serve_cfg: ServeC
     def cfg(replicas: int | None) -> ServeConfig:
         return serve_cfg if replicas is None else serve_cfg.model_copy(update={"num_replicas": replicas})
 
-    @app.get(f"{_PREFIX}/models", dependencies=auth, tags=["models"])
+    @app.get(f"{_PREFIX}/models", tags=["models"])
     def list_models() -> list[dict[str, Any]]:
         """Model artifacts of the central store; `serving_at` lists the sites serving each now."""
         return rollout.list_models(center)
 
-    @app.post(f"{_PREFIX}/models/{{name}}/{{version}}/deploy", dependencies=auth, tags=["models"])
+    @app.post(f"{_PREFIX}/models/{{name}}/{{version}}/deploy", tags=["models"])
     def deploy_model(name: str, version: str, body: DeployIn) -> list[dict[str, Any]]:
         """Roll `model/{name}@{version}` out to `to`, all sites at once; one row per site with the
         seconds from the request to the new version answering. 503 with every row in `results`
@@ -59,13 +59,13 @@ def add_model_routes(app: FastAPI, center: Center, auth: list, serve_cfg: ServeC
         ref = rollout.parse_model_ref(f"{name}@{version}")
         return rollout.deploy(center, ref, body.to, cfg(body.replicas), timeout_s=body.timeout_s)
 
-    @app.post(f"{_PREFIX}/sites/{{site}}/rollback", dependencies=auth, tags=["models"])
+    @app.post(f"{_PREFIX}/sites/{{site}}/rollback", tags=["models"])
     def rollback(site: str, body: RollbackIn | None = None) -> dict[str, Any]:
         """Redeploy the model the site served before its current one (404 when there is none)."""
         body = body or RollbackIn()
         return rollout.rollback(center, site, cfg(body.replicas), timeout_s=body.timeout_s)
 
-    @app.get(f"{_PREFIX}/deployments", dependencies=auth, tags=["models"])
+    @app.get(f"{_PREFIX}/deployments", tags=["models"])
     def deployments(site: str | None = Query(None, description="Only this site"),
                     limit: int = Query(50, ge=1, le=1000)) -> list[dict[str, Any]]:
         """Rollouts, newest first: site, model, previous, status, seconds, error."""

@@ -1,15 +1,15 @@
 """The coordinator's monitoring routes, over `coordinator.monitoring.Monitor`, and its own
 Prometheus `/metrics`.
 
-`coordinator.api.create_app` adds them with `add_monitoring_routes(app, center, monitor,
-require_token)`: GET /api/v1/overview, /api/v1/sites/{site}/metrics, /api/v1/alerts and
-/api/v1/sites/{site}/logs, each behind the bearer token; bad query values answer 422 JSON, an
+`coordinator.api.create_app` adds them with `add_monitoring_routes(app, center, monitor)`: GET
+/api/v1/overview, /api/v1/sites/{site}/metrics, /api/v1/alerts and /api/v1/sites/{site}/logs, each
+behind the app-wide door (`coordinator.api.auth`); bad query values answer 422 JSON, an
 unknown site 404 JSON naming the known ones.
 
-`/metrics` is NOT behind the token, on purpose: it holds only site names, counts and timings (no
-artifacts, no URLs, no secrets), and the API token is an admin credential (it can push artifacts
-and deploy models) that a Prometheus scraping the center should not have to hold. The coordinator
-binds to 127.0.0.1 by default; expose it wider only behind a proxy that limits who can read it.
+`/metrics` is NOT behind the door, on purpose: it holds only site names, counts and timings (no
+artifacts, no URLs, no secrets), and a Prometheus scraping the center should not have to hold an
+API token. The coordinator binds to 127.0.0.1 by default; expose it wider only behind a proxy that
+limits who can read it.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
-from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi import FastAPI, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
@@ -44,10 +44,9 @@ def _json(body: Any) -> Response:
     return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
 
 
-def add_monitoring_routes(app: FastAPI, center: Center, monitor: Monitor, require_token: Callable[..., Any]) -> None:
-    """Add the monitoring routes (behind `require_token`, the app's bearer dependency), `/metrics`,
-    and a middleware that counts API requests and their latency."""
-    auth = [Depends(require_token)]
+def add_monitoring_routes(app: FastAPI, center: Center, monitor: Monitor) -> None:
+    """Add the monitoring routes (behind the app-wide door), `/metrics`, and a middleware that
+    counts API requests and their latency."""
     registry = coordinator_registry(center, monitor)
     requests = Counter("adcp_api_requests", "Coordinator API requests by route, method and status",
                        ["route", "method", "status"], registry=registry)
@@ -74,7 +73,7 @@ def add_monitoring_routes(app: FastAPI, center: Center, monitor: Monitor, requir
 
     cached: dict[str, Any] = {"key": None, "body": b""}
 
-    @app.get(f"{_PREFIX}/overview", dependencies=auth, tags=["monitoring"])
+    @app.get(f"{_PREFIX}/overview", tags=["monitoring"])
     def overview() -> Response:
         """Every site's health, latest figures and sparklines; totals; firing alerts. The body is
         built once per sweep and at most once a second (a wall of screens polls the same one)."""
@@ -83,7 +82,7 @@ def add_monitoring_routes(app: FastAPI, center: Center, monitor: Monitor, requir
             cached["body"], cached["key"] = json.dumps(monitor.overview(), separators=(",", ":")), key
         return Response(cached["body"], media_type="application/json")
 
-    @app.get(f"{_PREFIX}/sites/{{site}}/metrics", dependencies=auth, tags=["monitoring"])
+    @app.get(f"{_PREFIX}/sites/{{site}}/metrics", tags=["monitoring"])
     def site_metrics(site: str,
                      names: str | None = Query(None, description="Comma-separated figures (default: all)"),
                      since: str | None = Query(None, description="Unix seconds, ISO 8601, or relative: -1h, -30m"),
@@ -98,11 +97,11 @@ def add_monitoring_routes(app: FastAPI, center: Center, monitor: Monitor, requir
         except InputError as e:
             raise QueryValueError(e.what, allowed=e.allowed, hint=e.hint) from e
 
-    @app.get(f"{_PREFIX}/alerts", dependencies=auth, tags=["monitoring"])
+    @app.get(f"{_PREFIX}/alerts", tags=["monitoring"])
     def alerts(all: bool = Query(False, description="Resolved alerts too, newest first")) -> Response:
         return _json(monitor.alerts(active_only=not all))
 
-    @app.get(f"{_PREFIX}/sites/{{site}}/logs", dependencies=auth, tags=["monitoring"])
+    @app.get(f"{_PREFIX}/sites/{{site}}/logs", tags=["monitoring"])
     def site_logs(site: str, job: str | None = Query(None, description="A Ray job id (default: Serve replica logs)"),
                   lines: int = Query(200, ge=1, le=100000, description="Last lines to return")) -> Response:
         """The tail of a Ray job's log or of the Serve replicas' logs, through the site's gateway."""

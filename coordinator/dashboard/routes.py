@@ -1,19 +1,19 @@
 """The big screen: `/dashboard`, its one-time login, and the cookie-authenticated data it polls.
 
-`coordinator.api.create_app` calls `add_dashboard_routes(app, center, token)`. The page is static
+`coordinator.api.create_app` calls `add_dashboard_routes(app, center)`. The page is static
 (`coordinator/dashboard/index.html`, `app.js`, `app.css`) and draws with uPlot, which `make`
 installs from the npm registry into `coordinator/dashboard/node_modules` and which the coordinator
 serves itself (factory networks are closed: never a CDN). The API's bearer token never reaches the
-browser: `adcp dashboard --url` gets a one-time login link through `POST /api/v1/dashboard/logins`,
-and the page then reads `/dashboard/data/...`, which answer the same bodies as the API's monitoring
-routes from `app.state.monitor` (the `coordinator.monitoring.Monitor`) behind a session cookie.
+browser: `adcp dashboard --url` gets a one-time login link through `POST /api/v1/dashboard/logins`
+(behind the app-wide door, `coordinator.api.auth`), and the page then reads `/dashboard/data/...`,
+which answer the same bodies as the API's monitoring routes from `app.state.monitor` (the
+`coordinator.monitoring.Monitor`) behind a session cookie.
 """
 
 from __future__ import annotations
 
 import html
 import json
-import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -63,14 +63,15 @@ class SessionRequiredError(AdcpError):
     http_status = 401
 
 
-def add_dashboard_routes(app: FastAPI, center: Center, token: str, *,
+def add_dashboard_routes(app: FastAPI, center: Center, *,
                          clock: Callable[[], float] = time.time) -> DashboardAuth:
     """Add `/dashboard` (page, login, static files, data) and `POST /api/v1/dashboard/logins`
-    (behind the API bearer `token`). Returns the login/session store, kept on `app.state.dashboard_auth`."""
+    (behind the app's door: put it on with `coordinator.api.auth.install_door` first). Returns the
+    login/session store, kept on `app.state.dashboard_auth`."""
     auth = DashboardAuth(center.state.path, clock=clock)
     app.state.dashboard_auth = auth
     _page_routes(app, auth)
-    _login_api(app, auth, token)
+    _login_api(app, auth)
     _data_routes(app, auth, center)
     return auth
 
@@ -120,15 +121,10 @@ def _page_routes(app: FastAPI, auth: DashboardAuth) -> None:
         return FileResponse(path, media_type=media, headers={"Cache-Control": "no-cache"})
 
 
-def _login_api(app: FastAPI, auth: DashboardAuth, token: str) -> None:
+def _login_api(app: FastAPI, auth: DashboardAuth) -> None:
     @app.post("/api/v1/dashboard/logins", status_code=201, tags=["dashboard"])
     def create_login(request: Request, body: LoginIn | None = None) -> Response:
         """A one-time login link for the big screen: `url` works once, until `expires_at` (unix s)."""
-        if not _bearer_ok(request, token):
-            return _error(SessionRequiredError(
-                "missing or wrong bearer token",
-                hint="Send 'Authorization: Bearer <token>'; the token is in <home>/coordinator/api_token."),
-                headers={"WWW-Authenticate": "Bearer"})
         issued = auth.issue_login((body or LoginIn()).valid_for_s)
         url = str(request.url_for("login").include_query_params(once=issued.token))
         return JSONResponse({"url": url, "expires_at": issued.expires_at}, status_code=201, headers=_HEADERS)
@@ -197,13 +193,8 @@ def _site_jobs(center: Center, site: str, limit: int) -> list[dict[str, Any]]:
     return out
 
 
-def _bearer_ok(request: Request, token: str) -> bool:
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and secrets.compare_digest(given.strip().encode(), token.encode())
-
-
-def _error(e: AdcpError, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(e.to_json(), status_code=e.http_status, headers={**_HEADERS, **(headers or {})})
+def _error(e: AdcpError) -> JSONResponse:
+    return JSONResponse(e.to_json(), status_code=e.http_status, headers=_HEADERS)
 
 
 def _message_page(title: str, text: str, status: int) -> HTMLResponse:

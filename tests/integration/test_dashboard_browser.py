@@ -19,6 +19,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
+from coordinator.api.auth import install_door
 from coordinator.center.core import read_token
 from coordinator.dashboard.routes import add_dashboard_routes
 from coordinator.server import running
@@ -134,7 +135,8 @@ def _same_figures(screen: Page, api: dict) -> bool:
 def fake_coordinator(tmp_path_factory):
     state = State(tmp_path_factory.mktemp("fake-center") / "coordinator.db")
     app = FastAPI()
-    add_dashboard_routes(app, SimpleNamespace(state=state, site=lambda name: name), "t")
+    install_door(app, "t", state)
+    add_dashboard_routes(app, SimpleNamespace(state=state, site=lambda name: name))
     app.state.monitor = FakeMonitor(n=100)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))

@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from configs.errors import NotFoundError
+from coordinator.api.auth import install_door
 from coordinator.dashboard.routes import COOKIE, STATIC, add_dashboard_routes
 from coordinator.dashboard.auth import LOGIN_TTL_S, SESSION_TTL_S
 from coordinator.state.db import State
@@ -49,7 +50,8 @@ def env(tmp_path):
     clock = Clock()
     center = _center(tmp_path / "coordinator.db")
     app = FastAPI()
-    add_dashboard_routes(app, center, TOKEN, clock=clock)
+    install_door(app, TOKEN, center.state)
+    add_dashboard_routes(app, center, clock=clock)
     app.state.monitor = FakeMonitor(["fab-a", "fab-b"])
     yield SimpleNamespace(app=app, client=TestClient(app), clock=clock, center=center, db=tmp_path / "coordinator.db")
     app.state.dashboard_auth.close()
