@@ -26,7 +26,8 @@ from data.synth import render  # noqa: E402
 from serve_apps.classifier import load_model  # noqa: E402
 from train_jobs.export import export_model  # noqa: E402
 from train_jobs.model import ADCNet  # noqa: E402
-from train_jobs.train import class_weights, evaluate, gpu_plan, train_epoch  # noqa: E402
+from train_jobs.steps import class_weights, evaluate, train_epoch  # noqa: E402
+from train_jobs.train import gpu_plan  # noqa: E402
 
 
 def _data(n: int, seed: int, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -64,7 +65,7 @@ def main() -> int:
     bs, step = 64, 0
     total = args.epochs * ((len(x) + bs - 1) // bs)
     started = time.perf_counter()
-    for epoch in range(args.epochs):
+    for _epoch in range(args.epochs):
         perm = torch.randperm(len(xt), device=dev)
         batches = ((xt[perm[i:i + bs]], yt[perm[i:i + bs]]) for i in range(0, len(xt), bs))
         loss_sum, seen, _, step = train_epoch(model, opt, batches, weights=weights, max_lr=4e-3,

@@ -17,44 +17,49 @@ from __future__ import annotations
 
 import argparse
 import ast
-import io
 import json
-import math
 import os
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from types import UnionType
 from typing import Any, Union, get_args, get_origin
 
-import fsspec
 import numpy as np
 import torch
 from pydantic import BaseModel
 
-from configs.errors import AdcpError, ConfigError, InputError, NotFoundError
+from configs.errors import AdcpError, ConfigError, InputError
 from configs.loader import validate
 from configs.models import TrainConfig
-from data.artifacts import ArtifactRef, ArtifactStore, file_url
+from data.artifacts import ArtifactRef, ArtifactStore
 from data.dataset import open_dataset
 from data.fs import arrow_fs
 from data.model_format import ModelMetadata
 from data.preprocess import decode_image, to_model_input
 from data.publish import publish_artifact
 from data.schema import NO_DEFECT_CLASSES, split_of
-from train_jobs.export import (
-    calibrate_and_export,
-    decision_metrics,  # noqa: F401 - its home was this module
-    publish_model,
-)
+from train_jobs.checkpoints import STATE_FILE, read_checkpoint_state, restore, save_state
+from train_jobs.export import calibrate_and_export, publish_model
 from train_jobs.model import ADCNet
 from train_jobs.pipeline import DecodeAndLabel, augment, only_split, to_tensors
+from train_jobs.steps import class_weights, epoch_metrics, evaluate, train_epoch
 
-STATE_FILE = "state.pt"
+__all__ = [
+    "CheckpointPublisher",
+    "check_model_unpublished",
+    "gpu_plan",
+    "main",
+    "model_identity",
+    "parse_args",
+    "parse_config",
+    "report_model",
+    "run",
+    "train_loop_per_worker",
+]
 
 
 # --- command line ----------------------------------------------------------------------------
@@ -108,130 +113,6 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     return parse_config(TrainConfig, argv, prog="python -m train_jobs.train", description=__doc__)
 
 
-# --- training steps (shared with train_jobs.tune) ----------------------------------------------
-
-
-def one_cycle_lr(step: int, total_steps: int, max_lr: float, pct_start: float = 0.25) -> float:
-    """The learning rate at `step` of a one-cycle schedule (torch's `OneCycleLR` with cosine
-    annealing and its default div factors). A function of the step rather than a scheduler
-    object, so a run resumed with more epochs than its checkpoint planned follows the new plan."""
-    initial = max_lr / 25.0
-    final = initial / 1e4
-    step = min(max(step, 0), total_steps - 1)
-    warm_end = float(pct_start * total_steps) - 1
-    if step <= warm_end:
-        start, end, pct = initial, max_lr, step / warm_end if warm_end > 0 else 1.0
-    else:
-        start, end, pct = max_lr, final, (step - warm_end) / max(total_steps - 1 - warm_end, 1e-9)
-    return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1.0)
-
-
-def class_weights(classes: list[str], no_defect_classes: list[str], defect_weight: float) -> torch.Tensor:
-    """Loss weights: `defect_weight` for real-defect classes, 1 for no-defect ones."""
-    return torch.tensor([1.0 if c in no_defect_classes else defect_weight for c in classes])
-
-
-def _confusion(logits: torch.Tensor, y: torch.Tensor, classes: int) -> torch.Tensor:
-    pred = logits.argmax(dim=1)
-    return torch.bincount(y * classes + pred, minlength=classes * classes).reshape(classes, classes)
-
-
-def train_epoch(
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    *,
-    weights: torch.Tensor,
-    max_lr: float,
-    total_steps: int,
-    step: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """One pass over `batches` of (x, y); returns (loss sum, images seen, confusion, next step)."""
-    n_cls = len(weights)
-    device = weights.device
-    model.train()
-    loss_sum = torch.zeros((), device=device)
-    seen = torch.zeros((), device=device)
-    conf = torch.zeros(n_cls, n_cls, dtype=torch.long, device=device)
-    for x, y in batches:
-        x = x.contiguous(memory_format=torch.channels_last)
-        for group in optimizer.param_groups:
-            group["lr"] = one_cycle_lr(step, total_steps, max_lr)
-        logits = model(x)
-        loss = torch.nn.functional.cross_entropy(logits, y, weight=weights, label_smoothing=0.02)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        step += 1
-        loss_sum += loss.detach() * len(x)
-        seen += len(x)
-        conf += _confusion(logits.detach(), y, n_cls)
-    return loss_sum, seen, conf, step
-
-
-def evaluate(
-    model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], n_cls: int, device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(confusion matrix, summed unweighted loss) of the model over `batches` of (x, y)."""
-    model.eval()
-    conf = torch.zeros(n_cls, n_cls, dtype=torch.long, device=device)
-    loss = torch.zeros((), device=device)
-    with torch.no_grad():
-        for x, y in batches:
-            logits = model(x.contiguous(memory_format=torch.channels_last))
-            loss += torch.nn.functional.cross_entropy(logits, y, reduction="sum")
-            conf += _confusion(logits, y, n_cls)
-    return conf, loss
-
-
-def epoch_metrics(epoch, loss_sum, seen, conf_train, conf_val, val_loss, classes) -> dict[str, Any]:
-    """What one epoch reports; `epoch` is 0-based, the reported `epoch` 1-based."""
-    conf_train, conf_val = conf_train.cpu(), conf_val.cpu()
-    val_n = max(1, int(conf_val.sum()))
-    recall = conf_val.diag().float() / conf_val.sum(dim=1).clamp(min=1).float()
-    out: dict[str, Any] = {
-        "epoch": epoch + 1,
-        "loss": float(loss_sum / seen.clamp(min=1)),
-        "accuracy": float(conf_train.diag().sum()) / max(1, int(conf_train.sum())),
-        "val_loss": float(val_loss) / val_n,
-        "val_accuracy": float(conf_val.diag().sum()) / val_n,
-    }
-    out.update({f"val_recall/{name}": round(float(r), 4) for name, r in zip(classes, recall)})
-    return out
-
-
-def save_state(folder: str, model: torch.nn.Module, optimizer, *, epoch: int, step: int, classes: list[str]) -> None:
-    """Write a checkpoint's `state.pt`: model and optimizer state, after 0-based `epoch`."""
-    inner = model.module if hasattr(model, "module") else model
-    torch.save({"model": inner.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
-                "classes": classes}, os.path.join(folder, STATE_FILE))
-
-
-def restore(model: torch.nn.Module, optimizer, state: dict[str, Any]) -> tuple[int, int]:
-    """Load a checkpoint's state into `model` and `optimizer`; returns (first epoch to train,
-    0-based; optimizer steps done)."""
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    # Checkpoints written before the schedule became a function of the step kept a scheduler's.
-    step = state.get("step", (state.get("schedule") or {}).get("last_epoch", 0))
-    return state["epoch"] + 1, int(step)
-
-
-def read_checkpoint_state(url: str) -> dict[str, Any]:
-    """The training state of a checkpoint: a checkpoint folder URL (or path), or a checkpoint
-    artifact's manifest URL. NotFoundError when there is none there."""
-    try:
-        with fsspec.open(file_url(url, STATE_FILE), "rb") as f:
-            blob = f.read()
-    except (FileNotFoundError, NotFoundError) as e:
-        raise NotFoundError(
-            f"No checkpoint at {url}: {STATE_FILE} is missing.",
-            hint="Give a checkpoint folder, or a checkpoint artifact's manifest URL "
-            "(<store>/artifacts/checkpoint/<name>/<epoch>.json).",
-        ) from e
-    return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=False)
-
-
 def _check_init_state(state: dict[str, Any], url: str, cfg: TrainConfig, classes: list[str]) -> None:
     """ConfigError unless the checkpoint at `url` can continue this run."""
     if state.get("classes") != classes:
@@ -280,7 +161,7 @@ class CheckpointPublisher:
         try:
             self._store = self._store or ArtifactStore(self.store_url)
             manifest = publish_artifact(self._store, "checkpoint", ref.name, ref.version, folder,
-                                           meta={**self.meta, "epoch": epoch, "metrics": summary})
+                                        meta={**self.meta, "epoch": epoch, "metrics": summary})
             line = {"ref": str(manifest.ref), "epoch": epoch, "manifest_url": self._store.manifest_url(ref),
                     "metrics": summary}
             print("ADCP_CHECKPOINT " + json.dumps(line), flush=True)
@@ -337,7 +218,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(model, move_to_device=device)
 
     publish = config.get("publish")
-    publisher = CheckpointPublisher(publish["store"], publish["name"], publish["meta"]) if publish and rank == 0 else None
+    publisher = None
+    if publish and rank == 0:
+        publisher = CheckpointPublisher(publish["store"], publish["name"], publish["meta"])
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
     dtypes = {"x": torch.float32, "y": torch.long}

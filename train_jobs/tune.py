@@ -32,21 +32,12 @@ from data.fs import arrow_fs
 from data.model_format import ModelMetadata
 from data.preprocess import normalize
 from data.schema import NO_DEFECT_CLASSES
+from train_jobs.checkpoints import STATE_FILE, save_state
 from train_jobs.export import calibrate_and_export
 from train_jobs.model import ADCNet
 from train_jobs.pipeline import DecodeAndLabel, augment
-from train_jobs.train import (
-    STATE_FILE,
-    check_model_unpublished,
-    class_weights,
-    epoch_metrics,
-    evaluate,
-    model_identity,
-    parse_config,
-    report_model,
-    save_state,
-    train_epoch,
-)
+from train_jobs.steps import class_weights, epoch_metrics, evaluate, train_epoch
+from train_jobs.train import check_model_unpublished, model_identity, parse_config, report_model
 
 #: What a trial samples, and what `ADCP_TUNE`'s `best` holds.
 SEARCHED = ("lr", "batch_size", "augment")

@@ -28,7 +28,7 @@ from data.model_format import read_metadata
 from data.publish import publish_artifact
 from data.transfer import copy_artifact
 from raycluster import LocalSite, running_site
-from train_jobs.train import read_checkpoint_state
+from train_jobs.checkpoints import read_checkpoint_state
 
 pytestmark = pytest.mark.integration
 

@@ -19,18 +19,11 @@ from data.preprocess import input_spec
 from data.publish import publish_artifact
 from data.schema import DEFECT_CLASSES, NO_DEFECT_CLASSES
 from train_jobs import train, tune
+from train_jobs.checkpoints import read_checkpoint_state, restore, save_state
 from train_jobs.export import export_model
 from train_jobs.model import ADCNet
-from train_jobs.train import (
-    CheckpointPublisher,
-    gpu_plan,
-    one_cycle_lr,
-    parse_args,
-    read_checkpoint_state,
-    report_model,
-    restore,
-    save_state,
-)
+from train_jobs.steps import one_cycle_lr
+from train_jobs.train import CheckpointPublisher, gpu_plan, parse_args, report_model
 
 CLASSES = list(DEFECT_CLASSES)
 

@@ -12,10 +12,10 @@ from data.model_format import ModelMetadata, decide, read_metadata
 from data.preprocess import input_spec, normalize
 from data.schema import DEFECT_CLASSES, NO_DEFECT_CLASSES
 from data.synth import generate
-from train_jobs.export import calibrate_thresholds, export_model
+from train_jobs.export import calibrate_thresholds, decision_metrics, export_model
 from train_jobs.model import ADCNet
 from train_jobs.pipeline import DecodeAndLabel, augment, only_split
-from train_jobs.train import decision_metrics, parse_args
+from train_jobs.train import parse_args
 
 
 def test_entrypoint_round_trips_through_the_job_parser():
