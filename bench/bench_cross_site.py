@@ -29,8 +29,8 @@ if str(REPO) not in sys.path:
 
 from coordinator import server  # noqa: E402
 from coordinator.center.core import Center  # noqa: E402
-from coordinator.cli.main import main as adcp  # noqa: E402
 from coordinator.cli.client import CoordinatorClient  # noqa: E402
+from coordinator.cli.main import main as adcp  # noqa: E402
 from data.artifacts import ArtifactRef  # noqa: E402
 from tests.platform_fixtures import platform_yaml  # noqa: E402
 

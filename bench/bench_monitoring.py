@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> dict:
     from coordinator.api.app import create_app
     from coordinator.center.core import Center
     from coordinator.monitoring.monitor import Monitor
-    from tests.sim_sites import RemoteSimSites, SimSites, register
     from tests.serve_fixtures import free_port
+    from tests.sim_sites import RemoteSimSites, SimSites, register
 
     root = Path(tempfile.mkdtemp(prefix="bench-mon-"))
     cfg = PlatformConfig.model_validate({"center": {"state_db": str(root / "c.db"), "store": {"url": str(root / "s")}}})
@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> dict:
     out = {"sites": args.sites, "dead": args.dead,
            "first_sweep_s": round(first, 3), "sweep_s_median": round(statistics.median(sweeps), 3),
            "sweep_s_max": round(max(sweeps), 3),
-           "rss_mb": {"start": round(rss_start, 1), "after_sweeps": round(rss_after_sweeps, 1), "end": round(rss_end, 1)},
+           "rss_mb": {"start": round(rss_start, 1), "after_sweeps": round(rss_after_sweeps, 1),
+                      "end": round(rss_end, 1)},
            "overview_bytes": len(body), "overview_ms": {"p50": round(lat[len(lat) // 2], 2),
                                                         "p99": round(lat[int(len(lat) * 0.99) - 1], 2)}}
     print(json.dumps(out, indent=2))

@@ -131,14 +131,15 @@ class KarmadaProxy:
                 try:
                     upstream = proxy.resolve(cluster, ns, svc)
                 except KeyError:
-                    return self._answer(404, _status(404, "NotFound", f'clusters.cluster.karmada.io "{cluster}" not found'))
+                    return self._answer(404, _status(404, "NotFound",
+                                                     f'clusters.cluster.karmada.io "{cluster}" not found'))
                 forwarded = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
                 seen = Seen(cluster, ns, svc, rest, self.command, 0, forwarded)
                 proxy.seen.append(seen)
                 if upstream is None:
                     seen.status = 503
-                    return self._answer(503, _status(503, "ServiceUnavailable",
-                                                     f"error trying to reach service: dial tcp: cluster {cluster} unreachable"))
+                    return self._answer(503, _status(503, "ServiceUnavailable", "error trying to reach service: "
+                                                     f"dial tcp: cluster {cluster} unreachable"))
                 try:
                     r = proxy._upstream.request(self.command, upstream.rstrip("/") + rest, content=body,
                                                 headers=forwarded)
@@ -171,7 +172,7 @@ class KarmadaProxy:
         path.write_text(yaml.safe_dump(doc))
         return path
 
-    def start(self) -> "KarmadaProxy":
+    def start(self) -> KarmadaProxy:
         self._thread.start()
         return self
 

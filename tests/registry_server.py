@@ -76,16 +76,15 @@ class RegistryServer:
         port = _free_port()
         config = self.workdir / "config.yml"
         config.write_text(yaml.safe_dump(self.config(port)))
-        log = open(self.workdir / "registry.log", "wb")
-        self.proc = subprocess.Popen(
-            [binary, "serve", str(config)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=self.workdir,
-            start_new_session=True,
-        )
-        log.close()
+        with open(self.workdir / "registry.log", "wb") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                [binary, "serve", str(config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.workdir,
+                start_new_session=True,
+            )
         self.address = f"127.0.0.1:{port}"
         try:
             wait_for(self._ready, timeout_s, f"the registry at {self.url}/v2/", 0.1)

@@ -127,11 +127,10 @@ class S3Server:
             "-volume.max=16",
             "-volume.preStopSeconds=0",
         ]
-        log = open(self.workdir / "weed.log", "wb")
-        self.proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, start_new_session=True
-        )
-        log.close()
+        with open(self.workdir / "weed.log", "wb") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, start_new_session=True
+            )
         self.endpoint_url = f"http://127.0.0.1:{s3}"
         try:
             wait_for(self._bucket_ready, timeout_s, f"SeaweedFS S3 at {self.endpoint_url}", 0.25)

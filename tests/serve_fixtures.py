@@ -19,10 +19,9 @@ from data.model_format import ModelMetadata
 from data.preprocess import input_spec
 from data.schema import DEFECT_CLASSES, NO_DEFECT_CLASSES
 from data.synth import render
+from tests.waiting import wait_for  # noqa: F401  (re-exported for the Serve tests)
 from train_jobs.export import export_model
 from train_jobs.model import ADCNet
-from tests.waiting import wait_for  # noqa: F401  (re-exported for the Serve tests)
-
 
 
 def export_tiny_model(

@@ -43,13 +43,14 @@ def ray_metrics_text(f: SimFigures, session: str = "session_sim") -> str:
     node = f'IsHeadNode="true",RayNodeType="head",SessionName="{session}",Version="2.60.0",ip="127.0.0.1"'
     worker = f'Component="core_worker",NodeAddress="127.0.0.1",SessionName="{session}",Version="2.60.0",WorkerId="w1"'
     lines = []
-    for name, value in (("ray_node_cpu_utilization", f.cpu), ("ray_node_cpu_count", 4), ("ray_node_mem_used", f.mem_used),
-                        ("ray_node_mem_total", f.mem_total), ("ray_node_disk_usage", f.disk_used),
-                        ("ray_node_disk_free", f.disk_free), ("ray_node_network_receive_speed", f.rx),
-                        ("ray_node_network_send_speed", f.tx)):
+    for name, value in (("ray_node_cpu_utilization", f.cpu), ("ray_node_cpu_count", 4),
+                        ("ray_node_mem_used", f.mem_used), ("ray_node_mem_total", f.mem_total),
+                        ("ray_node_disk_usage", f.disk_used), ("ray_node_disk_free", f.disk_free),
+                        ("ray_node_network_receive_speed", f.rx), ("ray_node_network_send_speed", f.tx)):
         lines += [f"# HELP {name} {name}", f"# TYPE {name} gauge", f"{name}{{{node}}} {float(value)!r}"]
     lines += ["# HELP ray_object_store_used_memory used", "# TYPE ray_object_store_used_memory gauge",
-              f'ray_object_store_used_memory{{Component="raylet",NodeAddress="127.0.0.1",Version="2.60.0",WorkerId=""}} 1024.0']
+              'ray_object_store_used_memory{Component="raylet",NodeAddress="127.0.0.1",Version="2.60.0",'
+              'WorkerId=""} 1024.0']
     lines += ["# HELP ray_adc_requests_total requests", "# TYPE ray_adc_requests_total counter",
               f'ray_adc_requests_total{{{worker},route="/v1/classify",status="200"}} {f.requests_ok!r}',
               f'ray_adc_requests_total{{{worker},route="/v1/classify",status="500"}} {f.requests_5xx!r}']
@@ -140,7 +141,7 @@ class SimSites:
         self._stopping = threading.Event()
         self.sites = {name: _Site(name, mode, slow_s, self._stopping) for name, mode in modes.items()}
 
-    def __enter__(self) -> "SimSites":
+    def __enter__(self) -> SimSites:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -194,7 +195,7 @@ class RemoteSimSites:
     def urls(self, name: str) -> dict[str, str]:
         return self._urls[name]
 
-    def __enter__(self) -> "RemoteSimSites":
+    def __enter__(self) -> RemoteSimSites:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -21,8 +21,8 @@ from configs.errors import (
     NotFoundError,
 )
 from configs.platform import PlatformConfig
-from coordinator.cli.main import cli
 from coordinator.cli.kube import add_commands
+from coordinator.cli.main import cli
 from karmada import render
 from karmada.discovery import discover
 from karmada.kube import Kube
@@ -46,9 +46,10 @@ def kube(fake_kube: FakeKube):
 
 
 def platform_doc(fake: FakeKube) -> dict:
-    site = lambda name, cluster, **extra: {"name": name, "runtime": {"kind": "kuberay"},
-                                           "gateway": {"kind": "karmada", "cluster": cluster},
-                                           "store": {"url": f"{{home}}/sites/{name}/store"}, **extra}
+    def site(name, cluster, **extra):
+        return {"name": name, "runtime": {"kind": "kuberay"}, "gateway": {"kind": "karmada", "cluster": cluster},
+                "store": {"url": f"{{home}}/sites/{name}/store"}, **extra}
+
     return {"center": {"state_db": "{home}/coordinator.db", "store": {"url": "{home}/store"}},
             "karmada": {"kubeconfig": str(fake.kubeconfig), "context": "fake"},
             "sites": [site("fab-a", "member-a"), site("fab-b", "member-b", registry="reg.fab-b:5000")]}
@@ -214,7 +215,8 @@ def test_wait_cluster_ready_for_a_cluster_not_created_yet(fake_kube: FakeKube, k
 def test_wait_cluster_ready_times_out_naming_the_condition(fake_kube: FakeKube, kube: Kube):
     fake_kube.set_cluster("member-c", ready=False, message="kube-apiserver of member-c refused the connection")
     start = time.monotonic()
-    with pytest.raises(KubeTimeoutError, match="member-c was not Ready after 0.5 s: kube-apiserver of member-c refused"):
+    with pytest.raises(KubeTimeoutError,
+                       match="member-c was not Ready after 0.5 s: kube-apiserver of member-c refused"):
         kube.wait_cluster_ready("member-c", timeout_s=0.5, poll_s=0.1)
     assert 0.5 <= time.monotonic() - start < 5
 
@@ -234,8 +236,10 @@ def test_rebalancer_create_and_status(fake_kube: FakeKube, kube: Kube, tmp_path:
     crd_schema.validate(wr)
     created = kube.create_rebalancer(wr)
     assert created["spec"] == wr["spec"] and "status" not in created
-    set_status = lambda: fake_kube.set_status("apps.karmada.io/v1alpha1", "WorkloadRebalancer",
-                                              created["metadata"]["name"], None, _results(created))
+    def set_status():
+        fake_kube.set_status("apps.karmada.io/v1alpha1", "WorkloadRebalancer", created["metadata"]["name"], None,
+                             _results(created))
+
     after_polls(fake_kube, "/workloadrebalancers/adcp-rebalance-test", set_status, times=1)
     done = kube.wait_rebalancer("adcp-rebalance-test", timeout_s=20, poll_s=0.05)
     crd_schema.validate(manifest_part(done))

@@ -17,7 +17,6 @@ import pytest
 
 from configs.errors import SiteError
 from configs.models import LocalSiteConfig
-from tests.waiting import wait_for
 from raycluster import (
     LocalSite,
     list_sites,
@@ -27,6 +26,7 @@ from raycluster import (
     status,
     stop_site,
 )
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -85,8 +85,8 @@ def test_jobs_run_on_their_own_site(sites):
     for name, site in sites.items():
         client = JobSubmissionClient(address=site.dashboard_url, headers=site.headers())
         jobs[name] = (client, client.submit_job(entrypoint=entrypoint))
+    done = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
     for name, (client, job_id) in jobs.items():
-        done = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
         final = wait_for(
             lambda c=client, j=job_id: (s := c.get_job_status(j)) in done and s,
             120,

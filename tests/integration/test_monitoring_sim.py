@@ -92,7 +92,8 @@ def _sites(client) -> dict:
 
 def test_overview_and_series_carry_the_sites_figures(api):
     client, _, _ = api
-    sites = wait_for(lambda: (s := _sites(client)) and all(v["reachable"] for v in s.values()) and s, 30, "both sites read")
+    sites = wait_for(lambda: (s := _sites(client)) and all(v["reachable"] for v in s.values()) and s, 30,
+                     "both sites read")
     assert sites["fab-a"]["latest"]["cpu_util"] == 12.5 and sites["fab-b"]["latest"]["cpu_util"] == 40.0
     assert sites["fab-a"]["serve"]["status"] == "RUNNING" and sites["fab-a"]["model_version"] == "adc-aoi@3"
     assert sites["fab-a"]["automation_rate"] == pytest.approx(0.9)

@@ -275,7 +275,7 @@ class Load:
                     else:
                         self.versions.append(version)
 
-    def __enter__(self) -> "Load":
+    def __enter__(self) -> Load:
         for i in range(self.threads):
             t = threading.Thread(target=self._work, args=(i,), daemon=True)
             t.start()

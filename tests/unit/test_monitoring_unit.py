@@ -13,10 +13,16 @@ from pydantic import ValidationError
 
 from configs.monitoring import FIGURES, AlertRule, MonitoringConfig
 from configs.platform import PlatformConfig
-from coordinator.monitoring.alerts import AlertEngine
 from coordinator.cli.monitoring import new_lines
+from coordinator.monitoring.alerts import AlertEngine
 from coordinator.monitoring.history import History, bucket_means
-from coordinator.monitoring.metrics_parse import Snapshot, figures, histogram_quantile, parse_text, samples_from_promql, snapshot
+from coordinator.monitoring.metrics_parse import (
+    figures,
+    histogram_quantile,
+    parse_text,
+    samples_from_promql,
+    snapshot,
+)
 from coordinator.monitoring.monitor import parse_since
 from serve_apps.metrics import EXPORTED, AppMetrics, route_of
 from tests.sim_sites import SimFigures, ray_metrics_text
@@ -61,7 +67,8 @@ def test_captured_ray_text_gives_adc_counters():
 
 def test_rates_and_shares_come_from_counter_deltas():
     a = snapshot(parse_text(ray_metrics_text(SimFigures(requests_ok=100, requests_5xx=0, reviews=10, autos=90))), 0.0)
-    b = snapshot(parse_text(ray_metrics_text(SimFigures(requests_ok=130, requests_5xx=10, reviews=30, autos=110))), 10.0)
+    b = snapshot(parse_text(ray_metrics_text(SimFigures(requests_ok=130, requests_5xx=10, reviews=30, autos=110))),
+                 10.0)
     f = figures(a, b)
     assert f["inference_rps"] == pytest.approx(40 / 10)
     assert f["error_rate"] == pytest.approx(10 / 40)  # in the window, not since the start (10/140)
@@ -139,7 +146,8 @@ def test_alert_fires_after_for_s_and_resolves():
 def test_config_messages_say_what_was_given_and_what_is_allowed():
     with pytest.raises(ValidationError, match="Got \"cpu\" for metric. Allowed: cpu_util"):
         AlertRule(name="x", kind="metric_above", metric="cpu", threshold=1)
-    with pytest.raises(ValidationError, match="metric_above needs metric and threshold. Found: metric=cpu_util, threshold=None"):
+    with pytest.raises(ValidationError,
+                       match="metric_above needs metric and threshold. Found: metric=cpu_util, threshold=None"):
         AlertRule(name="x", kind="metric_above", metric="cpu_util")
     with pytest.raises(ValidationError, match="timeout_s=9.0, interval_s=5.0"):
         MonitoringConfig(timeout_s=9)
@@ -225,6 +233,7 @@ def test_app_metrics_record_lazily(monkeypatch):
     # re-recorded on each health check and request, so Ray keeps exporting it without a model change
     m.refresh()
     m.request("/v1/classify", 200, 0.01, 1)
-    assert [r for r in recorded if r[0] == "adc_model_info"][-2:] == [("adc_model_info", "set", 1, {"model": "adc@2"})] * 2
+    model_info = [r for r in recorded if r[0] == "adc_model_info"]
+    assert model_info[-2:] == [("adc_model_info", "set", 1, {"model": "adc@2"})] * 2
     assert not any(r[3].get("route") == "other" for r in recorded if r[3] and "route" in r[3])
     assert route_of("/v2/models/adc/infer") == "/v2/infer" and route_of("/v1/model") == "other"

@@ -158,7 +158,8 @@ def test_spread_divides_the_rayservice(weighting):
     rs = sp["spec"]["placement"]["replicaScheduling"]
     assert rs["replicaSchedulingType"] == "Divided"
     if weighting == "static":
-        weights = {w["targetCluster"]["clusterNames"][0]: w["weight"] for w in rs["weightPreference"]["staticWeightList"]}
+        weights = {w["targetCluster"]["clusterNames"][0]: w["weight"]
+                   for w in rs["weightPreference"]["staticWeightList"]}
         assert weights == {LONG: 1, "fab-gpu": 3, "member-3": 1}
     else:
         assert rs["weightPreference"] == {"dynamicWeight": "AvailableReplicas"}

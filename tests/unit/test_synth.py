@@ -34,7 +34,7 @@ def test_sizes_and_boxes_inside_the_image(size):
     for cls in DEFECT_CLASSES:
         pixels, label, _, (x, y, w, h) = render(5, 1, size, label=cls)
         assert pixels.shape == (size, size) and pixels.dtype == np.uint8 and label == cls
-        assert 0 <= x < size and 0 <= y < size and 0 < w and 0 < h and x + w <= size and y + h <= size
+        assert 0 <= x < size and 0 <= y < size and w > 0 and h > 0 and x + w <= size and y + h <= size
 
 
 def _defect_contrast(cls: str, index: int) -> float:
