@@ -11,8 +11,15 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
 from configs.loader import load_defaults
-from coordinator.api.auth import ROUTE_ROLES, ForbiddenError, Principal, require_site, roles_allowed, roles_table_markdown
 from coordinator.api.app import create_app
+from coordinator.api.auth import (
+    ROUTE_ROLES,
+    ForbiddenError,
+    Principal,
+    require_site,
+    roles_allowed,
+    roles_table_markdown,
+)
 from coordinator.center.core import Center
 from coordinator.jobs.runner import Trainer
 from coordinator.state.users import ROLES
@@ -80,8 +87,8 @@ def test_the_table_names_only_known_roles_and_admin_is_always_allowed():
 
 
 def test_readme_holds_exactly_the_table():
-    assert roles_table_markdown() in README.read_text(), \
-        "regenerate the README table: python -c 'from coordinator.api.auth import roles_table_markdown as t; print(t())'"
+    hint = "regenerate it: python -c 'from coordinator.api.auth import roles_table_markdown as t; print(t())'"
+    assert roles_table_markdown() in README.read_text(), hint
 
 
 def test_a_route_missing_from_the_table_is_refused_to_all_but_admin(api, tokens):
@@ -98,7 +105,8 @@ def test_a_route_missing_from_the_table_is_refused_to_all_but_admin(api, tokens)
 # --- authentication -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("header", [None, b"Basic abc", b"Bearer", b"Bearer wrong-token", b"Bearer a b",
-                                    "Bearer t\u00f6ken".encode(), b"Bearer \xff\xfe", "Bearer \u00e9".encode("latin-1")])
+                                    "Bearer t\u00f6ken".encode(), b"Bearer \xff\xfe",
+                                    "Bearer \u00e9".encode("latin-1")])
 def test_missing_wrong_or_non_ascii_tokens_are_401_json(api, header):
     headers = {} if header is None else {"Authorization": header}
     r = api.get("/api/v1/sites", params={"live": "false"}, headers=headers)
@@ -196,7 +204,7 @@ def test_reviewer_refused_a_push_and_viewer_a_deploy_naming_the_roles(api, token
     assert r.status_code == 403 and r.json()["roles_allowed"] == ["admin", "operator", "engineer"]
     r = api.post(DEPLOY[1], headers=bearer(tokens["viewer"]), json=DEPLOY[2])
     assert r.status_code == 403 and r.json()["roles_allowed"] == ["admin", "engineer"]
-    assert "vie-user (role viewer) may not POST /api/v1/models/{name}/{version}/deploy" == r.json()["detail"]
+    assert r.json()["detail"] == "vie-user (role viewer) may not POST /api/v1/models/{name}/{version}/deploy"
     for call in (PUSH, DEPLOY):  # the engineer gets past the door on both: the handler answers (no such data)
         r = api.post(call[1], headers=bearer(tokens["engineer"]), json=call[2])
         assert r.status_code == 404, r.text
