@@ -18,6 +18,7 @@ import httpx
 
 from coordinator.center.core import Center
 from coordinator.cli.main import main as adcp
+from coordinator.state.jobs import JobRecords
 from raycluster.local import read_state
 from tests.platform_fixtures import running_platform
 from tests.serve_fixtures import synth_png
@@ -50,7 +51,7 @@ def main() -> None:
         assert run("data", "synth", "--name", "aoi", "--images", "1200") == 0
         assert run("train", "--for", "fab-a", "--on", "fab-b", "--gpus", "1", "--dataset", "aoi@1", "--epochs", "4",
                    "--deploy") == 0
-        job = Center.open(home).state.jobs()[0]
+        job = JobRecords(Center.open(home).state).list(1)[0].model_dump(mode="json")
         model = job["outcome"]["model"]
         assert run("model", "deploy", model.split("/")[-1], "--to", "fab-b") == 0
         stop = threading.Event()

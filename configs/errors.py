@@ -78,6 +78,13 @@ class IntegrityError(AdcpError):
     http_status = 409
 
 
+class ConflictError(AdcpError):
+    """The request collides with work already running (a rollout to a site that has one going);
+    the details say what is busy, so the caller can wait for it and retry."""
+
+    http_status = 409
+
+
 class SiteError(AdcpError):
     """A site's runtime could not be started, reached or stopped."""
 

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from configs.errors import AdcpError, IntegrityError, NotFoundError
+from configs.protocol import Marker, format_line
 from data.artifacts import ArtifactRef, ArtifactStore
 from data.manifests import require_same_content
 from data.object_copy import Job, Mismatch, writer_for
@@ -358,7 +359,7 @@ def list_main(argv: list[str]) -> int:
     except AdcpError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print("ADCP_ARTIFACTS " + json.dumps({"artifacts": rows}, sort_keys=True), flush=True)
+    print(format_line(Marker.ARTIFACTS, {"artifacts": rows}), flush=True)
     return 0
 
 
@@ -398,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     except AdcpError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print("ADCP_TRANSFER " + json.dumps(result.to_dict(), sort_keys=True), flush=True)
+    print(format_line(Marker.TRANSFER, result.to_dict()), flush=True)
     return 0
 
 

@@ -11,6 +11,7 @@ gateway, where the same submission id names the job.
 from __future__ import annotations
 
 import functools
+import logging
 from types import SimpleNamespace
 from typing import Any
 
@@ -19,6 +20,10 @@ from configs.platform import PlatformConfig, SiteConfig
 from karmada import render
 from karmada.kube import Kube
 from raycluster.gateway import SiteGateway
+
+__all__ = ["RayJobClient"]
+
+log = logging.getLogger("adcp.karmada")
 
 #: KubeRay's `status.jobStatus` values are Ray's job states; an unset one means not submitted yet.
 _STATES = ("PENDING", "RUNNING", "STOPPED", "SUCCEEDED", "FAILED")
@@ -74,14 +79,17 @@ class RayJobClient:
         stopped = False
         try:
             stopped = bool(self.gateway.job_client().stop_job(submission_id))
-        except Exception:  # noqa: BLE001 - not submitted yet, or the proxy is down: deleting still stops it
-            pass
+        except RuntimeError as e:  # Ray's 404: KubeRay has not submitted it yet; deleting the RayJob stops it
+            log.info("stop %s at %s: no Ray job yet (%s); deleting its RayJob", submission_id, self.site.name, e)
+        except Exception as e:  # noqa: BLE001 - the proxy is down: deleting the RayJob still stops it
+            log.warning("stop %s at %s through the jobs API failed (%s: %s); deleting its RayJob",
+                        submission_id, self.site.name, type(e).__name__, e)
         kube = self._kube()
         for obj in self.objects(submission_id, "true", {}):
             try:
                 kube.delete(obj)
             except NotFoundError:
-                pass
+                continue  # already gone: what stopping wants
         return stopped
 
     def get_job_logs(self, submission_id: str) -> str:
@@ -92,14 +100,16 @@ class RayJobClient:
         own status. RuntimeError when neither exists (what Ray's client raises for a 404)."""
         try:
             return self.gateway.job_client().get_job_info(submission_id)
-        except Exception:  # noqa: BLE001 - fall back on the RayJob object
-            pass
+        except Exception as e:  # noqa: BLE001 - not submitted yet, or the proxy is down: the RayJob says more
+            jobs_api = f"{type(e).__name__}: {e}"
+            log.debug("job info of %s at %s from the jobs API: %s", submission_id, self.site.name, jobs_api)
         try:
             status = self.rayjob(submission_id)
         except NotFoundError as e:
-            raise RuntimeError(f"no RayJob for {submission_id}: {e}") from e
+            raise RuntimeError(f"no RayJob for {submission_id}: {e} (the jobs API said {jobs_api})") from e
+        message = status.get("message") or status.get("jobDeploymentStatus") or ""
         return SimpleNamespace(status=status.get("jobStatus") or "PENDING",
-                               message=status.get("message") or status.get("jobDeploymentStatus") or "")
+                               message=f"{message} (not in the jobs API yet: {jobs_api})".strip())
 
 
 @functools.lru_cache(maxsize=8)
@@ -107,6 +117,3 @@ def _connection(kubeconfig: str | None, context: str | None) -> Kube:
     """One Karmada apiserver client per kubeconfig context for the process: the trainer asks for a
     job's status every poll, which should not re-read the kubeconfig each time."""
     return Kube.connect(kubeconfig, context)
-
-
-__all__ = ["RayJobClient"]

@@ -35,6 +35,7 @@ from pydantic import BaseModel
 from configs.errors import AdcpError, ConfigError, InputError
 from configs.loader import validate
 from configs.models import TrainConfig
+from configs.protocol import Marker, format_epoch, format_line
 from data.artifacts import ArtifactRef, ArtifactStore
 from data.dataset import open_dataset
 from data.fs import arrow_fs
@@ -164,10 +165,10 @@ class CheckpointPublisher:
                                         meta={**self.meta, "epoch": epoch, "metrics": summary})
             line = {"ref": str(manifest.ref), "epoch": epoch, "manifest_url": self._store.manifest_url(ref),
                     "metrics": summary}
-            print("ADCP_CHECKPOINT " + json.dumps(line), flush=True)
+            print(format_line(Marker.CHECKPOINT, line), flush=True)
         except Exception as e:  # noqa: BLE001 - reported on its own line; see the class docstring
             warning = {"code": "checkpoint_not_published", "ref": str(ref), "message": f"{type(e).__name__}: {e}"}
-            print("ADCP_WARNING " + json.dumps(warning), flush=True)
+            print(format_line(Marker.WARNING, warning), flush=True)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -247,12 +248,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 folder = tempfile.mkdtemp(prefix="adcp-checkpoint-")
                 save_state(folder, model, optimizer, epoch=epoch, step=step, classes=classes)
                 ckpt = ray.train.Checkpoint.from_directory(folder)
-                print(
-                    f"epoch {epoch + 1}/{config['epochs']} loss={metrics['loss']:.4f} "
-                    f"acc={metrics['accuracy']:.4f} val_acc={metrics['val_accuracy']:.4f} "
-                    f"({metrics['epoch_seconds']:.1f}s)",
-                    flush=True,
-                )
+                print(format_epoch(epoch + 1, config["epochs"], metrics), flush=True)
             ray.train.report(metrics, checkpoint=ckpt)  # uploads the folder before it returns
             if folder is not None:
                 if publisher is not None:
@@ -304,7 +300,7 @@ def gpu_plan(use_gpu: bool, num_workers: int) -> tuple[str, bool]:
         f"({num_workers} in all) as planned and training on CPU.",
         "gpus_reserved": num_workers,
     }
-    print("ADCP_WARNING " + json.dumps(warning), flush=True)
+    print(format_line(Marker.WARNING, warning), flush=True)
     return "cpu", True
 
 
@@ -428,7 +424,7 @@ def report_model(output: str, meta: ModelMetadata, artifact_store: str | None) -
     if artifact_store:
         manifest, url = publish_model(artifact_store, output, meta)
         line.update(artifact=str(manifest.ref), manifest_url=url)
-    print("ADCP_MODEL " + json.dumps(line), flush=True)
+    print(format_line(Marker.MODEL, line), flush=True)
     return line
 
 

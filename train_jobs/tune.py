@@ -14,7 +14,6 @@ Machine-readable lines: `ADCP_TUNE {"best": {...}, "metrics": {...}, "trials": [
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
@@ -27,6 +26,7 @@ import torch
 
 from configs.errors import AdcpError, ConfigError
 from configs.models import TuneConfig
+from configs.protocol import Marker, format_line
 from data.dataset import Dataset, open_dataset
 from data.fs import arrow_fs
 from data.model_format import ModelMetadata
@@ -223,7 +223,7 @@ def run(cfg: TuneConfig) -> tuple[ModelMetadata, dict[str, Any]]:
     )
     summary = {"best": best_config, "best_trial": best.metrics.get("trial_id"),
                "metrics": {**best_metrics, "val": meta.metrics["val"]}, "trials": trials}
-    print("ADCP_TUNE " + json.dumps(summary), flush=True)
+    print(format_line(Marker.TUNE, summary), flush=True)
     report_model(cfg.output, meta, cfg.artifact_store)
     return meta, summary
 

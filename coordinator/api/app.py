@@ -17,18 +17,19 @@ from typing import Any, Literal
 from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from configs.errors import AdcpError, InputError
 from coordinator.api.auth import install_door
+from coordinator.api.job_routes import add_job_routes
 from coordinator.api.model_routes import add_model_routes
 from coordinator.api.monitoring_routes import add_monitoring_routes
 from coordinator.api.user_routes import add_user_routes
 from coordinator.center.core import CENTER, Center, PushPlan
 from coordinator.monitoring.monitor import Monitor
 from coordinator.dashboard.routes import add_dashboard_routes
-from coordinator.jobs.runner import Trainer, TrainRequest
+from coordinator.jobs.runner import Trainer
 from data.artifacts import KINDS
 
 API_VERSION = "v1"
@@ -64,25 +65,6 @@ def _run_logged(center: Center, plan: PushPlan) -> None:
         pass  # already recorded on each failed transfer
     except Exception:  # our bug: record it in the server log; the transfer record has it too
         log.exception("push %s failed", plan.ref)
-
-
-class JobIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    origin: str = Field(..., description="The site the model is for")
-    dataset: str = Field(..., description="NAME[@VERSION] of a dataset in the central store")
-    on: str | None = Field(None, description="A site, 'auto', or null (the origin if it fits, else auto)")
-    gpus: int = Field(0, ge=0)
-    cpus: float | None = Field(None, gt=0)
-    epochs: int | None = Field(None, ge=1)
-    batch_size: int | None = Field(None, ge=1)
-    lr: float | None = Field(None, gt=0)
-    model_name: str | None = None
-    model_version: str | None = None
-    deploy: bool = False
-    max_attempts: int = Field(3, ge=1, le=10)
-    kind: Literal["train", "tune"] = "train"
-    trials: int | None = Field(None, ge=1, description="tune: configurations to try")
-    options: dict[str, Any] = Field(default_factory=dict, description="Other TrainConfig/TuneConfig fields")
 
 
 def create_app(center: Center, token: str, trainer: Trainer | None = None, monitor: Monitor | None = None) -> FastAPI:
@@ -179,35 +161,5 @@ def create_app(center: Center, token: str, trainer: Trainer | None = None, monit
     add_dashboard_routes(app, center)
     add_user_routes(app, users, audit)
     if trainer is not None:
-        _job_routes(app, trainer)
+        add_job_routes(app, trainer)
     return app
-
-
-def _job_routes(app: FastAPI, trainer: Trainer) -> None:
-    base = f"/api/{API_VERSION}/jobs"
-
-    @app.post(f"{base}/plan")
-    def plan_job(body: JobIn) -> dict[str, Any]:
-        """Where the job would run and why, and what must be shipped there (nothing starts)."""
-        p = trainer.plan(TrainRequest(**body.model_dump()))
-        return {**p.to_dict(), "lines": p.lines()}
-
-    @app.post(base, status_code=202)
-    def start_job(body: JobIn) -> dict[str, Any]:
-        return trainer.start(TrainRequest(**body.model_dump()))
-
-    @app.get(base)
-    def list_jobs(limit: int = Query(50, ge=1, le=1000)) -> list[dict[str, Any]]:
-        return trainer.jobs(limit)
-
-    @app.get(f"{base}/{{job_id}}")
-    def get_job(job_id: str) -> dict[str, Any]:
-        return trainer.job(job_id)
-
-    @app.get(f"{base}/{{job_id}}/logs", response_class=PlainTextResponse)
-    def job_logs(job_id: str, attempt: int = Query(-1, description="1-based attempt; -1 the latest")) -> str:
-        return trainer.logs(job_id, attempt - 1 if attempt > 0 else -1)
-
-    @app.post(f"{base}/{{job_id}}/stop")
-    def stop_job(job_id: str) -> dict[str, Any]:
-        return trainer.stop(job_id)

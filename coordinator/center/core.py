@@ -22,6 +22,7 @@ from configs.errors import AdcpError, InputError, JobError, NotFoundError, SiteE
 from configs.loader import validate
 from configs.platform import KarmadaGateway as KarmadaGatewayConfig
 from configs.platform import PlatformConfig, SiteConfig, default_home, load_platform
+from configs.protocol import Marker, find_line
 from coordinator.center import bundle
 from coordinator.center.registry import push_to_registry
 from coordinator.state.db import State
@@ -34,8 +35,6 @@ from raycluster.local import read_state
 
 CENTER = "center"
 PLATFORM_POINTER = "platform.path"  # in home: the platform file `adcp up` was given
-_TRANSFER_LINE = "ADCP_TRANSFER "  # what `python -m data.transfer` prints at a site
-_ARTIFACTS_LINE = "ADCP_ARTIFACTS "
 
 Progress = Callable[[str, int, int], None]  # (site, bytes_delta, objects_delta)
 Plan = Callable[[str, int, int], None]  # (site, total_bytes, total_objects)
@@ -266,7 +265,7 @@ class Center:
             args += ["--store-options", json.dumps(site.store.options)]
         if kind:
             args += ["--kind", kind]
-        return self._run_site_job(name, args, what=f"listing artifacts at {name}", marker=_ARTIFACTS_LINE)["artifacts"]
+        return self._run_site_job(name, args, what=f"listing artifacts at {name}", marker=Marker.ARTIFACTS)["artifacts"]
 
     # --- transfers --------------------------------------------------------------------------
 
@@ -409,7 +408,7 @@ class Center:
             args += ["--max-mbps", str(opts.max_mbps)]
         return self._run_site_job(site, args, what=f"{'upload' if upload else 'pull'} of {ref} at {site}")
 
-    def _run_site_job(self, site: str, args: list[str], *, what: str, marker: str = _TRANSFER_LINE,
+    def _run_site_job(self, site: str, args: list[str], *, what: str, marker: Marker = Marker.TRANSFER,
                       timeout_s: float = 3600) -> dict[str, Any]:
         """Submit a small Ray job at `site` through its gateway and return the JSON it printed on
         its `marker` line."""
@@ -430,11 +429,11 @@ class Center:
                 raise JobError(f"The {what} job {job_id} did not finish in {timeout_s:.0f} s; stopped it.")
             time.sleep(0.25)  # poll interval of a deadline-bounded wait
         logs = client.get_job_logs(job_id)
-        line = next((ln for ln in reversed(logs.splitlines()) if ln.startswith(marker)), None)
-        if status.value != "SUCCEEDED" or line is None:
+        found = find_line(marker, logs)
+        if status.value != "SUCCEEDED" or found is None:
             tail = " | ".join(logs.strip().splitlines()[-3:])
             raise JobError(f"The {what} job {job_id} {status.value}: {tail or 'no output'}", job_id=job_id)
-        return {**json.loads(line[len(marker):]), "job_id": job_id}
+        return {**found, "job_id": job_id}
 
     def verify(self, ref: str | ArtifactRef, where: str, repair: bool = False) -> dict[str, Any]:
         """Rehash every object of an artifact at `where`; with `repair`, re-copy bad ones from the center."""

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from configs.errors import AdcpError, InputError, NotFoundError, SiteError
 from coordinator.dashboard.auth import LOGIN_TTL_S, MAX_LOGIN_TTL_S, DashboardAuth, LoginRefusedError
+from coordinator.state.jobs import JobRecords
 
 if TYPE_CHECKING:
     from coordinator.center.core import Center
@@ -180,7 +181,7 @@ def _site_jobs(center: Center, site: str, limit: int) -> list[dict[str, Any]]:
     """The coordinator's train/tune jobs for or at `site`, newest first, with the attempts run there."""
     center.site(site)  # NotFoundError for an unknown site
     out = []
-    for job in center.state.jobs(limit=500):
+    for job in (j.model_dump(mode="json") for j in JobRecords(center.state).list(500)):
         attempts = [a for a in job.get("attempts") or [] if a.get("site") == site]
         if job["origin"] != site and not attempts:
             continue

@@ -1,50 +1,24 @@
 """Training as a Ray job at a site, through Ray's `JobSubmissionClient` (the dashboard's jobs API).
 
 The job runs `python -m train_jobs.train ...` with the code bundle as its `runtime_env` working
-dir, so the site needs nothing of ours installed. Its arguments are generated from `TrainConfig`,
-the same model the job parses them into.
+dir, so the site needs nothing of ours installed. Its command line is `configs.protocol.entrypoint`.
 """
 
 from __future__ import annotations
 
-import json
 import re
-import shlex
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from configs.errors import JobError
-from pydantic import BaseModel
-
 from configs.models import TrainConfig
+from configs.protocol import TRAIN_MODULE as ENTRYPOINT_MODULE
+from configs.protocol import TUNE_MODULE, entrypoint
 
-ENTRYPOINT_MODULE = "train_jobs.train"
-TUNE_MODULE = "train_jobs.tune"
+__all__ = ["ENTRYPOINT_MODULE", "TUNE_MODULE", "JobOutcome", "entrypoint", "follow", "submit"]
 _EPOCH_LINE = re.compile(r"epoch (\d+)/(\d+) (loss=.*)$", re.M)
 _POLL_S = 1.0
-
-
-def entrypoint(cfg: BaseModel, module: str = ENTRYPOINT_MODULE) -> str:
-    """`python -m <module> --dataset ... --output ...` with every non-default option of `cfg`
-    (a TrainConfig for train_jobs.train, a TuneConfig for train_jobs.tune)."""
-    args = ["python", "-m", module]
-    for name, value in cfg.model_dump(exclude_defaults=True).items():
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, bool):
-            if value:
-                args.append(flag)
-        elif isinstance(value, list):
-            args += [flag, ",".join(value)]
-        elif isinstance(value, dict):
-            args += [flag, json.dumps(value, sort_keys=True)]
-        else:
-            args += [flag, str(value)]
-    for required in ("dataset", "output"):
-        flag = "--" + required
-        if flag not in args:
-            args += [flag, getattr(cfg, required)]
-    return shlex.join(args)
 
 
 @dataclass

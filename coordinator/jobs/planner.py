@@ -7,96 +7,56 @@ runs it and why, and what must be shipped there first.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from configs.errors import InputError, SiteError
 from configs.kube import KubeRayRuntime
+from configs.runs import Need, PlanRecord, Shipment, SiteCapacity
 from coordinator.center.core import CENTER, Center
 from data.artifacts import ArtifactRef
 from raycluster.k8s_quantity import parse_quantity
 
-
-@dataclass(frozen=True)
-class Need:
-    """What one run holds while it trains."""
-
-    cpus: float
-    gpus: float = 0.0
-
-    def fits(self, free: dict[str, float]) -> bool:
-        return free.get("CPU", 0.0) >= self.cpus and free.get("GPU", 0.0) >= self.gpus
-
-    def __str__(self) -> str:
-        return f"{self.cpus:g} CPU" + (f" + {self.gpus:g} GPU" if self.gpus else "")
+__all__ = ["Need", "PlanRecord", "Shipment", "SiteCapacity", "choose", "describe", "plan", "shipment", "view",
+           "with_headroom"]
 
 
-@dataclass
-class SiteView:
-    name: str
-    reachable: bool
-    free: dict[str, float] = field(default_factory=dict)
-    total: dict[str, float] = field(default_factory=dict)
-    error: str | None = None
-
-
-@dataclass
-class Shipment:
-    ref: str
-    bytes: int
-    present: bool  # already complete at the chosen site
-
-
-@dataclass
-class Plan:
-    origin: str
-    site: str
-    need: Need
-    reason: str
-    sites: list[SiteView]
-    ship: list[Shipment]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"origin": self.origin, "site": self.site, "need": asdict(self.need), "reason": self.reason,
-                "sites": [asdict(s) for s in self.sites], "ship": [asdict(s) for s in self.ship]}
-
-    def lines(self) -> list[str]:
-        """The plan as a user reads it."""
-        origin = next((s for s in self.sites if s.name == self.origin), None)
-        out = []
-        if origin is not None and origin.reachable:
-            out.append(f"{self.origin} has {_cap(origin.free)} free of {_cap(origin.total)}")
-        out.append(f"the job needs {self.need}")
-        for s in self.sites:
-            if s.name != self.origin:
-                out.append(f"  {s.name}: " + (f"{_cap(s.free)} free" if s.reachable else f"excluded ({s.error})"))
-        out.append(f"runs at {self.site}: {self.reason}")
-        for item in self.ship:
-            out.append(f"  ship {item.ref} ({item.bytes / 2**20:.1f} MiB)" + (" - already there" if item.present else ""))
-        return out
+def describe(p: PlanRecord) -> list[str]:
+    """The plan as a user reads it."""
+    origin = next((s for s in p.sites if s.name == p.origin), None)
+    out = []
+    if origin is not None and origin.reachable:
+        out.append(f"{p.origin} has {_cap(origin.free)} free of {_cap(origin.total)}")
+    out.append(f"the job needs {p.need}")
+    for s in p.sites:
+        if s.name != p.origin:
+            out.append(f"  {s.name}: " + (f"{_cap(s.free)} free" if s.reachable else f"excluded ({s.error})"))
+    out.append(f"runs at {p.site}: {p.reason}")
+    for item in p.ship:
+        out.append(f"  ship {item.ref} ({item.bytes / 2**20:.1f} MiB)" + (" - already there" if item.present else ""))
+    return out
 
 
 def _cap(res: dict[str, float]) -> str:
     return f"{res.get('CPU', 0):g} CPU, {res.get('GPU', 0):g} GPU"
 
 
-def view(center: Center, exclude: set[str] = frozenset()) -> list[SiteView]:
+def view(center: Center, exclude: set[str] = frozenset()) -> list[SiteCapacity]:
     """Every site's live free/total capacity (sites in `exclude` are marked unusable). A KubeRay
     site that autoscales also counts what its Ray cluster can still grow into: the member cluster's
     free capacity as Karmada reports it, up to its worker groups' maxima."""
     views = []
     for s in center.status():
         if s["name"] in exclude:
-            views.append(SiteView(s["name"], False, error="failed earlier in this job"))
+            views.append(SiteCapacity(name=s["name"], reachable=False, error="failed earlier in this job"))
         elif not s.get("reachable"):
-            views.append(SiteView(s["name"], False, error=s.get("error", "unreachable")))
+            views.append(SiteCapacity(name=s["name"], reachable=False, error=s.get("error", "unreachable")))
         else:
             res = s["resources"]
             free, total = dict(_known(res["available"])), dict(_known(res["total"]))
             runtime = center.site(s["name"]).runtime
             if isinstance(runtime, KubeRayRuntime) and runtime.autoscaling and (s.get("cluster") or {}).get("ready"):
                 free, total = with_headroom(free, total, runtime, s["cluster"]["resources"]["available"])
-            views.append(SiteView(s["name"], True, free=free, total=total))
+            views.append(SiteCapacity(name=s["name"], reachable=True, free=free, total=total))
     return views
 
 
@@ -118,7 +78,7 @@ def _known(res: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in res.items() if k in ("CPU", "GPU", "memory")}
 
 
-def choose(origin: str, need: Need, views: list[SiteView], on: str | None) -> tuple[str, str]:
+def choose(origin: str, need: Need, views: list[SiteCapacity], on: str | None) -> tuple[str, str]:
     """(site, why). `on`: a site name, "auto", or None (= the origin if it fits, else auto)."""
     by_name = {v.name: v for v in views}
     if origin not in by_name:
@@ -155,14 +115,17 @@ def shipment(center: Center, site: str, refs: list[ArtifactRef]) -> list[Shipmen
     for ref in refs:
         manifest = center.central.manifest(ref)
         present = center.reachable(site) and center.store(site).exists(manifest.ref)
-        out.append(Shipment(str(manifest.ref), manifest.total_bytes, present))
+        out.append(Shipment(ref=str(manifest.ref), bytes=manifest.total_bytes, present=present))
     return out
 
 
 def plan(center: Center, origin: str, need: Need, refs: list[ArtifactRef], *, on: str | None = None,
-         exclude: set[str] = frozenset()) -> Plan:
+         exclude: set[str] = frozenset()) -> PlanRecord:
+    """Where a run for `origin` that needs `need` goes now (`on`: see `choose`), with `lines` filled in."""
     views = view(center, exclude)
     site, why = choose(origin, need, views, on)
     if site == CENTER:  # pragma: no cover - the center is not a site
         raise InputError("The center does not run jobs.")
-    return Plan(origin, site, need, why, views, shipment(center, site, refs))
+    p = PlanRecord(origin=origin, site=site, need=need, reason=why, sites=views, ship=shipment(center, site, refs))
+    p.lines = describe(p)
+    return p

@@ -5,7 +5,8 @@ what is already there and works for pull-mode sites too), points the site's Serv
 copies in the site's own store, and waits through the site gateway until the new version answers.
 Only the app's `user_config` changes between rollouts, so replicas swap models in place and no
 request is dropped. Every rollout is a row in the deployments table; what a site serves now and
-what a rollback returns to are read from there.
+what a rollback returns to are read from there. Rollouts run inside the coordinator only, one per
+site at a time: a second one to a busy site is refused with ConflictError (HTTP 409).
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ from typing import Any
 
 import httpx
 
-from configs.errors import AdcpError, InputError, NotFoundError, SiteError
+from configs.errors import AdcpError, ConflictError, InputError, NotFoundError, SiteError
 from configs.models import ServeConfig
 from coordinator.center import bundle
-from coordinator.jobs import serving
 from coordinator.center.core import Center
+from coordinator.jobs import serving
 from data.artifacts import ArtifactRef, ObjectEntry
 from data.model_format import read_metadata
 from raycluster.gateway import SiteGateway
@@ -44,7 +45,8 @@ STATUS_EVERY_S = 1.0
 Event = Callable[[str, str], None]  # (site, message)
 
 _locks_guard = threading.Lock()
-_site_locks: dict[tuple[str, str], threading.Lock] = {}
+_site_locks: dict[tuple[str, str], threading.Lock] = {}  # (home, site) -> held while a rollout runs there
+_holders: dict[tuple[str, str], dict[str, str]] = {}  # (home, site) -> the running rollout's model and start
 
 
 def _default_serve() -> ServeConfig:
@@ -100,16 +102,36 @@ def list_models(center: Center) -> list[dict[str, Any]]:
 # --- rollout -----------------------------------------------------------------------------------
 
 @contextmanager
-def _exclusive(center: Center, site: str) -> Iterator[None]:
-    """One rollout per site at a time in this process (the coordinator, or one CLI command)."""
-    with _locks_guard:
-        lock = _site_locks.setdefault((str(center.home), site), threading.Lock())
-    if not lock.acquire(blocking=False):
-        raise SiteError(f"A rollout to {site} is already running.", hint="Wait for it to finish, then retry.")
+def _exclusive(center: Center, sites: list[str], what: str) -> Iterator[None]:
+    """Hold every site's rollout lock for the block, or take none: ConflictError naming the busy
+    site and the rollout it runs. Rollouts run only inside the coordinator process (the one owner
+    of the state DB), so these locks serialise every rollout to a site."""
+    held: list[tuple[str, str]] = []
     try:
+        for site in sites:
+            key = (str(center.home), site)
+            with _locks_guard:
+                lock = _site_locks.setdefault(key, threading.Lock())
+                if not lock.acquire(blocking=False):
+                    raise _busy_error(center, site, _holders.get(key) or {})
+                _holders[key] = {"model": what, "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            held.append(key)
         yield
     finally:
-        lock.release()
+        with _locks_guard:
+            for key in held:
+                _holders.pop(key, None)
+                _site_locks[key].release()
+
+
+def _busy_error(center: Center, site: str, holder: dict[str, str]) -> ConflictError:
+    row = next((r for r in center.state.deployments(site=site, limit=20) if r["status"] == "deploying"), None)
+    running = {**holder, "deployment_id": row["id"] if row else None}
+    of = f" of {holder['model']}" if holder.get("model") else ""
+    since = f", since {holder['since']}" if holder.get("since") else ""
+    return ConflictError(f"A rollout{of} to {site} is already running{since}; one rollout per site at a time.",
+                         hint="Wait for it to finish (see `adcp model deployments`), then retry.",
+                         site=site, running=running)
 
 
 def deploy(center: Center, ref: str | ArtifactRef, sites: list[str], serve_cfg: ServeConfig | None = None, *,
@@ -119,7 +141,9 @@ def deploy(center: Center, ref: str | ArtifactRef, sites: list[str], serve_cfg: 
     `seconds` runs from this call to the new version answering at the site's Serve endpoint.
 
     Raises InputError/NotFoundError before anything is recorded when the model or a site does not
-    exist; SiteError (with `results` = every site's row) after all sites finished when any failed.
+    exist; ConflictError (409) before anything is shipped when a rollout to one of the sites is
+    still running (no site is touched then); SiteError (with `results` = every site's row) after
+    all sites finished when any failed.
     """
     started = time.monotonic()
     serve_cfg = serve_cfg or _default_serve()
@@ -129,18 +153,19 @@ def deploy(center: Center, ref: str | ArtifactRef, sites: list[str], serve_cfg: 
         raise InputError("No destination site given.", allowed=", ".join(s.name for s in center.sites()) or "none")
     for name in names:
         center.site(name)  # NotFoundError naming the known sites
-    ref = center.central.resolve(ref)
-    model_id = read_metadata(center.central.manifest_url(ref)).model_id
-    code = bundle.publish(center.central)
-    code_ref = ArtifactRef("code", bundle.BUNDLE_NAME, code.version)
-    code_entry = center.central.manifest(code_ref).entry(bundle.BUNDLE_FILE)
+    with _exclusive(center, names, str(ref)):
+        ref = center.central.resolve(ref)
+        model_id = read_metadata(center.central.manifest_url(ref)).model_id
+        code = bundle.publish(center.central)
+        code_ref = ArtifactRef("code", bundle.BUNDLE_NAME, code.version)
+        code_entry = center.central.manifest(code_ref).entry(bundle.BUNDLE_FILE)
 
-    def one(site: str) -> dict[str, Any]:
-        return _deploy_site(center, site, ref, model_id, code_ref, code_entry, serve_cfg, started=started,
-                            timeout_s=timeout_s, on_event=on_event)
+        def one(site: str) -> dict[str, Any]:
+            return _deploy_site(center, site, ref, model_id, code_ref, code_entry, serve_cfg, started=started,
+                                timeout_s=timeout_s, on_event=on_event)
 
-    with ThreadPoolExecutor(max_workers=len(names)) as pool:
-        futures = [pool.submit(one, n) for n in names]
+        with ThreadPoolExecutor(max_workers=len(names)) as pool:
+            futures = [pool.submit(one, n) for n in names]
     rows = [f.result() for f in futures]  # re-raises only what is not an AdcpError (our bugs)
     failed = [r for r in rows if r["status"] != "serving"]
     if failed:
@@ -158,35 +183,34 @@ def _deploy_site(center: Center, site: str, ref: ArtifactRef, model_id: str, cod
     row: dict[str, Any] = {"site": site, "model": str(ref), "previous": None, "seconds": None,
                            "status": "failed", "deployment_id": None}
     try:
-        with _exclusive(center, site):
-            current = _current(center, site)
-            row["previous"] = current["model"] if current else None
-            row["deployment_id"] = did = center.state.start_deployment(site, serve_cfg.app_name, str(ref),
-                                                                       row["previous"])
-            try:
-                say(f"shipping {ref} and code {code_ref.version}")
-                center.push(ref, [site])
-                center.push(code_ref, [site])
-                store = center.store(site)  # the site's copies, whoever wrote them (push or pull)
-                model_uri = store.manifest_url(ref)
-                cfg = serve_cfg.model_copy(update={
-                    "user_config": serve_cfg.user_config.model_copy(update={"model_uri": model_uri})})
-                gw = center.gateway(site)
-                config = serving.serve_config(cfg, working_dir=store.object_url(code_entry),
-                                              http_options=gw.serve_http_options(), env=SITE_ENV)
-                say(f"deploying {model_id}")
-                serving.deploy(gw.base_url("dashboard"), gw.headers("dashboard"), config, tls=gw.client_options())
-                _wait_serving(gw, cfg.app_name, model_id, model_uri, deadline=time.monotonic() + timeout_s)
-            except AdcpError as e:
-                center.state.finish_deployment(did, error=str(e))
-                raise
-            except Exception as e:  # our bug: record it, then let it surface
-                center.state.finish_deployment(did, error=f"{type(e).__name__}: {e}")
-                raise
-            row["seconds"] = round(time.monotonic() - started, 3)
-            center.state.finish_deployment(did, seconds=row["seconds"])
-            row["status"] = "serving"
-            say(f"serving {model_id} after {row['seconds']:.2f} s")
+        current = _current(center, site)
+        row["previous"] = current["model"] if current else None
+        row["deployment_id"] = did = center.state.start_deployment(site, serve_cfg.app_name, str(ref),
+                                                                   row["previous"])
+        try:
+            say(f"shipping {ref} and code {code_ref.version}")
+            center.push(ref, [site])
+            center.push(code_ref, [site])
+            store = center.store(site)  # the site's copies, whoever wrote them (push or pull)
+            model_uri = store.manifest_url(ref)
+            cfg = serve_cfg.model_copy(update={
+                "user_config": serve_cfg.user_config.model_copy(update={"model_uri": model_uri})})
+            gw = center.gateway(site)
+            config = serving.serve_config(cfg, working_dir=store.object_url(code_entry),
+                                          http_options=gw.serve_http_options(), env=SITE_ENV)
+            say(f"deploying {model_id}")
+            serving.deploy(gw.base_url("dashboard"), gw.headers("dashboard"), config, tls=gw.client_options())
+            _wait_serving(gw, cfg.app_name, model_id, model_uri, deadline=time.monotonic() + timeout_s)
+        except AdcpError as e:
+            center.state.finish_deployment(did, error=str(e))
+            raise
+        except Exception as e:  # our bug: record it, then let it surface
+            center.state.finish_deployment(did, error=f"{type(e).__name__}: {e}")
+            raise
+        row["seconds"] = round(time.monotonic() - started, 3)
+        center.state.finish_deployment(did, seconds=row["seconds"])
+        row["status"] = "serving"
+        say(f"serving {model_id} after {row['seconds']:.2f} s")
     except AdcpError as e:
         row["error"] = str(e)
     return row
@@ -212,7 +236,8 @@ def _wait_serving(gw: SiteGateway, app_name: str, model_id: str, model_uri: str,
                 if failed.get("model_uri") == model_uri:
                     raise SiteError(f"The Serve app at {gw.site} could not load {model_uri}: {failed.get('detail')}",
                                     hint=f"It keeps serving {served}.")
-                last = f"serving {served or 'no model'}" if r.status_code == 200 else f"/v1/model answered {r.status_code}"
+                last = (f"serving {served or 'no model'}" if r.status_code == 200
+                        else f"/v1/model answered {r.status_code}")
             except (httpx.HTTPError, ValueError) as e:
                 last = f"{type(e).__name__}: {e}"
             now = time.monotonic()

@@ -162,35 +162,7 @@ class State:
             out.append(d)
         return out
 
-    # jobs (train/tune runs the coordinator orchestrates)
-    def put_job(self, job: dict[str, Any]) -> None:
-        """Insert or replace a job record: id, kind, origin, status, spec, plan, attempts, outcome, error."""
-        stamp = now()
-        self._exec(
-            "INSERT INTO jobs (id, kind, origin, status, spec, plan, attempts, outcome, error, created_at, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET status = excluded.status, "
-            "plan = excluded.plan, attempts = excluded.attempts, outcome = excluded.outcome, error = excluded.error, "
-            "updated_at = excluded.updated_at",
-            (job["id"], job["kind"], job["origin"], job["status"], json.dumps(job.get("spec") or {}),
-             json.dumps(job.get("plan")), json.dumps(job.get("attempts") or []), json.dumps(job.get("outcome")),
-             job.get("error"), job.get("created_at") or stamp, stamp),
-        )
-
-    def jobs(self, limit: int = 50, job_id: str | None = None, active: bool = False) -> list[dict[str, Any]]:
-        if job_id:
-            rows = self._exec("SELECT * FROM jobs WHERE id = ?", (job_id,))
-        elif active:
-            rows = self._exec("SELECT * FROM jobs WHERE status NOT IN ('succeeded', 'failed', 'stopped') "
-                              "ORDER BY created_at")
-        else:
-            rows = self._exec("SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,))
-        out = []
-        for r in rows:
-            d = dict(r)
-            for key in ("spec", "plan", "attempts", "outcome"):
-                d[key] = json.loads(d[key]) if d[key] else None
-            out.append(d)
-        return out
+    # jobs: coordinator.state.jobs.JobRecords
 
     # deployments (model rollouts to sites' Serve apps)
     def start_deployment(self, site: str, app: str, model: str, previous: str | None) -> str:

@@ -15,6 +15,7 @@ import pytest
 from coordinator import server
 from coordinator.center.core import Center
 from coordinator.cli.main import main
+from coordinator.state.jobs import JobRecords
 from data.artifacts import ArtifactRef
 from data.model_format import read_metadata
 from raycluster import stop_site
@@ -43,7 +44,7 @@ def platform(tmp_path_factory):
 
 
 def _job(home: Path, job_id: str) -> dict:
-    return Center.open(home).state.jobs(job_id=job_id)[0]
+    return JobRecords(Center.open(home).state).get(job_id).model_dump(mode="json")
 
 
 def _wait_job(home: Path, job_id: str, check, what: str, timeout_s: float = 420) -> dict:

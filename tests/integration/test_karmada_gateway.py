@@ -19,6 +19,7 @@ from configs.platform import SiteConfig
 from coordinator import server
 from coordinator.center.core import Center, read_token
 from coordinator.cli.main import main
+from coordinator.state.jobs import JobRecords
 from karmada.gateway import KarmadaSiteGateway, forget_credentials
 from raycluster.gateway import gateway_for, site_status
 from raycluster.local import read_state
@@ -162,7 +163,7 @@ def test_monitoring_logs_and_bad_credentials(platform, tmp_path, capsys):
     assert sites["fab-a"]["dashboard_url"].startswith(proxy.url + "/apis/cluster.karmada.io/v1alpha1/clusters/member-fab-a/")
 
     # a training run's Ray job log, read through the proxy (`adcp logs`)
-    job = Center.open(platform).state.jobs()[0]
+    job = JobRecords(Center.open(platform).state).list(1)[0].model_dump(mode="json")
     submission = job["attempts"][-1]["submission_id"]
     code, out, err = run_cli(capsys, platform, "logs", "--site", job["attempts"][-1]["site"], "--job", submission)
     assert code == 0 and "epoch 1/1" in out, err

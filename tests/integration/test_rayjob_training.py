@@ -19,6 +19,7 @@ import yaml
 
 from configs.models import LocalSiteConfig
 from coordinator.center.core import Center
+from coordinator.state.jobs import JobRecords
 from data.artifacts import ArtifactRef
 from raycluster.gateway import DirectGateway
 from raycluster.k8s_names import dns_name
@@ -144,7 +145,7 @@ def test_training_as_a_rayjob_pinned_to_the_borrowed_cluster(platform, capsys):
     assert result["status"] == "succeeded" and result["ran_at"] == ["fab-b"], result
     assert not kuberay.errors, kuberay.errors
 
-    job = Center.open(home).state.jobs(job_id=result["job_id"])[0]
+    job = JobRecords(Center.open(home).state).get(result["job_id"]).model_dump(mode="json")
     submission = job["attempts"][0]["submission_id"]
     rayjob = next(o for o in (fake.stored("ray.io/v1", "RayJob", n, ns) for n, ns in kuberay.jobs.values()) if o)
     assert rayjob["spec"]["jobId"] == submission and rayjob["status"]["jobStatus"] == "SUCCEEDED"

@@ -16,10 +16,12 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from configs.errors import NotFoundError
+from configs.runs import Attempt, Job, JobSpec
 from coordinator.api.auth import install_door
 from coordinator.dashboard.routes import COOKIE, STATIC, add_dashboard_routes
 from coordinator.dashboard.auth import LOGIN_TTL_S, SESSION_TTL_S
 from coordinator.state.db import State
+from coordinator.state.jobs import JobRecords
 from tests.dashboard_fakes import FakeMonitor
 
 TOKEN = "api-token-for-tests"
@@ -221,17 +223,21 @@ def test_no_monitor_is_a_503(env):
 
 
 def test_jobs_route_lists_jobs_for_or_at_the_site(env):
-    put = env.center.state.put_job
-    put({"id": "j-for-a", "kind": "train", "origin": "fab-a", "status": "running", "attempts": []})
-    put({"id": "j-at-a", "kind": "tune", "origin": "fab-b", "status": "succeeded",
-         "attempts": [{"site": "fab-a", "submission_id": "adcp-j-at-a-1", "status": "SUCCEEDED"}]})
-    put({"id": "j-b-only", "kind": "train", "origin": "fab-b", "status": "failed",
-         "attempts": [{"site": "fab-b", "submission_id": "adcp-j-b-only-1", "status": "FAILED"}]})
+    records = JobRecords(env.center.state)
+
+    def put(job_id, kind, origin, status, at=None, attempt_status="running"):
+        spec = JobSpec(origin=origin, dataset="dataset/aoi@1", kind=kind, model="model/m@1", checkpoints="m-1")
+        attempts = [Attempt(n=1, site=at, submission_id=f"adcp-{job_id}-1", status=attempt_status)] if at else []
+        records.save(Job(id=job_id, kind=kind, origin=origin, status=status, spec=spec, attempts=attempts))
+
+    put("j-for-a", "train", "fab-a", "running")
+    put("j-at-a", "tune", "fab-b", "succeeded", at="fab-a", attempt_status="succeeded")
+    put("j-b-only", "train", "fab-b", "failed", at="fab-b", attempt_status="failed")
     client = _logged_in(env)
     jobs = client.get("/dashboard/data/sites/fab-a/jobs").json()
     assert sorted(j["id"] for j in jobs) == ["j-at-a", "j-for-a"]
     at_a = next(j for j in jobs if j["id"] == "j-at-a")
-    assert at_a["attempts"] == [{"site": "fab-a", "submission_id": "adcp-j-at-a-1", "status": "SUCCEEDED"}]
+    assert at_a["attempts"] == [{"site": "fab-a", "submission_id": "adcp-j-at-a-1", "status": "succeeded"}]
 
 
 # --- the page's files ---------------------------------------------------------------------

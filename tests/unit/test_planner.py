@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from configs.errors import InputError, SiteError
-from coordinator.jobs.planner import Need, SiteView, choose
+from coordinator.jobs.planner import Need, SiteCapacity, choose
 
 
 def _views(**free):
@@ -13,43 +13,45 @@ def _views(**free):
     for name, cap in free.items():
         name = name.replace("_", "-")
         if cap is None:
-            out.append(SiteView(name, False, error="connection refused"))
+            out.append(SiteCapacity(name=name, reachable=False, error="connection refused"))
         else:
             cpu, gpu = cap
-            out.append(SiteView(name, True, free={"CPU": cpu, "GPU": gpu}, total={"CPU": 8, "GPU": gpu}))
+            out.append(SiteCapacity(name=name, reachable=True, free={"CPU": cpu, "GPU": gpu},
+                                    total={"CPU": 8, "GPU": gpu}))
     return out
 
 
 def test_origin_runs_it_when_it_fits():
-    site, why = choose("fab-a", Need(2), _views(fab_a=(4, 0), fab_b=(8, 2)), None)
+    site, why = choose("fab-a", Need(cpus=2), _views(fab_a=(4, 0), fab_b=(8, 2)), None)
     assert site == "fab-a" and "enough free" in why
 
 
 def test_gpu_need_borrows_the_site_with_free_gpus():
-    site, why = choose("fab-a", Need(1, 1), _views(fab_a=(4, 0), fab_b=(4, 2), fab_c=(8, 1)), "auto")
+    site, why = choose("fab-a", Need(cpus=1, gpus=1), _views(fab_a=(4, 0), fab_b=(4, 2), fab_c=(8, 1)), "auto")
     assert site == "fab-b"
     assert "fab-a has only 4 CPU, 0 GPU free" in why and "fab-b" in why
 
 
 def test_unreachable_sites_are_never_chosen():
-    site, _ = choose("fab-a", Need(1, 1), _views(fab_a=(4, 0), fab_b=None, fab_c=(2, 1)), "auto")
+    site, _ = choose("fab-a", Need(cpus=1, gpus=1), _views(fab_a=(4, 0), fab_b=None, fab_c=(2, 1)), "auto")
     assert site == "fab-c"
     with pytest.raises(SiteError, match="fab-b cannot run the job: connection refused"):
-        choose("fab-a", Need(1), _views(fab_a=(4, 0), fab_b=None), "fab-b")
+        choose("fab-a", Need(cpus=1), _views(fab_a=(4, 0), fab_b=None), "fab-b")
 
 
 def test_nothing_fits_says_what_each_site_has():
     with pytest.raises(SiteError, match="No reachable site has 1 CPU \\+ 4 GPU free") as e:
-        choose("fab-a", Need(1, 4), _views(fab_a=(4, 0), fab_b=(4, 2), fab_c=None), "auto")
+        choose("fab-a", Need(cpus=1, gpus=4), _views(fab_a=(4, 0), fab_b=(4, 2), fab_c=None), "auto")
     assert "fab-b: 4 CPU, 2 GPU" in str(e.value) and "fab-c: unreachable" in str(e.value)
 
 
 def test_asked_site_must_fit_and_exist():
     with pytest.raises(SiteError, match="fab-b has 1 CPU, 0 GPU free; the job needs 2 CPU"):
-        choose("fab-a", Need(2), _views(fab_a=(4, 0), fab_b=(1, 0)), "fab-b")
+        choose("fab-a", Need(cpus=2), _views(fab_a=(4, 0), fab_b=(1, 0)), "fab-b")
     with pytest.raises(InputError, match="No site named fab-z"):
-        choose("fab-a", Need(2), _views(fab_a=(4, 0)), "fab-z")
-    assert choose("fab-a", Need(2), _views(fab_a=(4, 0), fab_b=(8, 0)), "fab-b") == ("fab-b", "asked for with --on")
+        choose("fab-a", Need(cpus=2), _views(fab_a=(4, 0)), "fab-z")
+    chosen = choose("fab-a", Need(cpus=2), _views(fab_a=(4, 0), fab_b=(8, 0)), "fab-b")
+    assert chosen == ("fab-b", "asked for with --on")
 
 
 def _kuberay_site(name: str, *, autoscaling: bool = True):
@@ -93,7 +95,8 @@ def test_autoscaling_kuberay_site_counts_what_it_can_grow_into():
     [v] = view(center)
     assert v.free["GPU"] == 3 and v.total["GPU"] == 3
     assert v.free["CPU"] == 4 + (2 * 4 + 2 * 8 - 4)  # up to the groups' maxima, not the cluster's 64
-    site, _ = choose("fab-a", Need(1, 1), [SiteView("fab-a", True, free={"CPU": 4, "GPU": 0}), v], None)
+    home = SiteCapacity(name="fab-a", reachable=True, free={"CPU": 4, "GPU": 0})
+    site, _ = choose("fab-a", Need(cpus=1, gpus=1), [home, v], None)
     assert site == "fab-b"
 
 

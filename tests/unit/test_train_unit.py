@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from configs import ConfigError, TrainConfig
-from coordinator.jobs.entrypoint import entrypoint
+from configs.protocol import entrypoint
 from data.model_format import ModelMetadata, decide, read_metadata
 from data.preprocess import input_spec, normalize
 from data.schema import DEFECT_CLASSES, NO_DEFECT_CLASSES
