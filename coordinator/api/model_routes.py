@@ -7,16 +7,16 @@ through the app's handler. Rollouts answer when every site serves the new model 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from configs.models import ServeConfig
-from coordinator.jobs import rollout
 from coordinator.center.core import Center
+from coordinator.jobs import rollout
 
-__all__ = ["DeployIn", "RollbackIn", "add_model_routes"]
+__all__ = ["DeployIn", "RollbackIn", "RolloutRow", "add_model_routes"]
 
 _PREFIX = "/api/v1"
 
@@ -32,6 +32,23 @@ class RollbackIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     replicas: int | None = Field(None, ge=1, le=1000, description="Serve replicas (default: serve defaults)")
     timeout_s: float = Field(240, gt=0, le=3600)
+
+
+class RolloutRow(BaseModel):
+    """One site's part of a rollout."""
+
+    model_config = ConfigDict(extra="forbid")
+    site: str
+    model: str = Field(..., description="model/NAME@VERSION rolled out")
+    previous: str | None = Field(None, description="What the site's Serve app served before")
+    seconds: float | None = Field(None, description="From the request to the new version answering at the site")
+    status: Literal["serving", "failed"]
+    deployment_id: str | None = Field(None, description="Its row in GET /deployments")
+    error: str | None = None
+
+
+_BUSY = {409: {"description": "A rollout to one of the sites is still running (ConflictError: `site`, `running`); "
+                              "nothing was shipped. Retry once it ends."}}
 
 
 def add_model_routes(app: FastAPI, center: Center, serve_cfg: ServeConfig | None = None) -> None:
@@ -51,17 +68,19 @@ def add_model_routes(app: FastAPI, center: Center, serve_cfg: ServeConfig | None
         """Model artifacts of the central store; `serving_at` lists the sites serving each now."""
         return rollout.list_models(center)
 
-    @app.post(f"{_PREFIX}/models/{{name}}/{{version}}/deploy", tags=["models"])
+    @app.post(f"{_PREFIX}/models/{{name}}/{{version}}/deploy", tags=["models"], response_model=list[RolloutRow],
+              responses=_BUSY)
     def deploy_model(name: str, version: str, body: DeployIn) -> list[dict[str, Any]]:
         """Roll `model/{name}@{version}` out to `to`, all sites at once; one row per site with the
         seconds from the request to the new version answering. 503 with every row in `results`
-        when any site failed."""
+        when any site failed; 409 when a rollout to one of them is still running."""
         ref = rollout.parse_model_ref(f"{name}@{version}")
         return rollout.deploy(center, ref, body.to, cfg(body.replicas), timeout_s=body.timeout_s)
 
-    @app.post(f"{_PREFIX}/sites/{{site}}/rollback", tags=["models"])
+    @app.post(f"{_PREFIX}/sites/{{site}}/rollback", tags=["models"], response_model=RolloutRow, responses=_BUSY)
     def rollback(site: str, body: RollbackIn | None = None) -> dict[str, Any]:
-        """Redeploy the model the site served before its current one (404 when there is none)."""
+        """Redeploy the model the site served before its current one (404 when there is none, 409
+        while a rollout to the site runs)."""
         body = body or RollbackIn()
         return rollout.rollback(center, site, cfg(body.replicas), timeout_s=body.timeout_s)
 
