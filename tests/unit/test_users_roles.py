@@ -302,3 +302,14 @@ def test_handlers_see_the_principal(api, tokens):
         return {"name": request.state.principal.name}
 
     assert api.post("/api/v1/whoami-test", headers=bearer(TOKEN)).json() == {"name": "admin"}
+
+
+def test_a_change_that_crashes_is_audited_as_500(api):
+    @api.app.post("/api/v1/crash-test")
+    def crash() -> None:
+        raise RuntimeError("a bug")
+
+    r = TestClient(api.app, raise_server_exceptions=False).post("/api/v1/crash-test", headers=bearer(TOKEN))
+    assert r.status_code == 500
+    row = api.get("/api/v1/audit", headers=bearer(TOKEN), params={"limit": 1}).json()[0]
+    assert (row["action"], row["user"], row["status"]) == ("POST /api/v1/crash-test", "admin", 500)
