@@ -45,7 +45,7 @@ class WorkerGroupConfig(_Strict):
     ray_resources: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources of each worker")
 
     @model_validator(mode="after")
-    def _replicas(self) -> "WorkerGroupConfig":
+    def _replicas(self) -> WorkerGroupConfig:
         if not self.min_replicas <= self.max_replicas:
             raise ValueError(
                 f"max_replicas must be greater than or equal to min_replicas. "

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from configs.errors import ConfigError
 from configs.models import LocalSiteConfig, ServeConfig, SynthConfig, TrainConfig
+from configs.yaml_files import read_yaml
 
 DEFAULTS_FILE = Path(__file__).with_name("defaults.yaml")
 
@@ -56,11 +56,6 @@ def validate(model: type[BaseModel], data: Any, where: str) -> Any:
 def load_defaults(path: str | Path | None = None) -> Defaults:
     """Parse `path` (default: `configs/defaults.yaml`). Raises ConfigError on any invalid key."""
     file = Path(path) if path else DEFAULTS_FILE
-    try:
-        raw = yaml.safe_load(file.read_text()) or {}
-    except FileNotFoundError as e:
-        raise ConfigError(f"Config file {file} does not exist.") from e
-    except yaml.YAMLError as e:
-        raise ConfigError(f"Config file {file} is not valid YAML: {e}") from e
+    raw = read_yaml(file, "Config file") or {}
     raw["train"] = raw.get("train") or {}
     return validate(Defaults, raw, f"config file {file}")

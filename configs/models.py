@@ -57,46 +57,29 @@ class SynthConfig(_Strict):
     site: str = Field("fab-a", description="Site recorded in each image's metadata.")
 
 
-class TrainConfig(_Strict):
-    """Options of `python -m train_jobs.train`; the CLI builds the job's arguments from this."""
+class TrainingJobConfig(_Strict):
+    """What a training run and a tuning run have in common: the dataset they read, where the model
+    goes, the model's shape and loss, and the name, site and lineage the exported model records.
+    `TrainConfig` and `TuneConfig` add their own options; each field is one `--snake-case` flag of
+    the job's command line."""
 
-    dataset: str = Field(..., description="fsspec URL of a dataset written by `adcp data synth`.")
+    dataset: str = Field(..., description="fsspec URL of a dataset (a folder written by `adcp data synth`, "
+                         "or a dataset artifact's manifest URL).")
     output: str = Field(..., description="fsspec URL where the exported model is written.")
-    storage_path: str | None = Field(
-        None,
-        description="fsspec URL for Ray Train checkpoints; default: `<output>-checkpoints`. "
-        "Re-running with the same storage path resumes from the latest checkpoint.",
-    )
-    run_name: str | None = Field(
-        None,
-        description="Ray Train run name under storage_path (default: the last part of output). "
-        "A run that already has checkpoints there continues from the latest one.",
-    )
+    storage_path: str | None = Field(None, description="fsspec URL for the run's checkpoints.")
+    run_name: str | None = Field(None, description="Run name under storage_path; default: the last part of output.")
     image_size: int = Field(64, ge=32, le=512, description="Model input side in pixels.")
     classes: list[str] | None = Field(
         None, description="Class list; default: the classes in the dataset manifest."
     )
-    epochs: int = Field(12, ge=1, le=1000)
-    batch_size: int = Field(64, ge=1, le=4096, description="Batch size per worker.")
-    lr: float = Field(4e-3, gt=0, le=1.0, description="Peak learning rate (one-cycle schedule).")
+    width: int = Field(16, ge=4, le=256, description="Channels of the first CNN stage.")
     weight_decay: float = Field(5e-4, ge=0, le=1.0)
-    augment: float = Field(
-        1.0, ge=0.0, le=1.0, description="Augmentation strength: 0 none, 1 full."
-    )
     defect_weight: float = Field(
         2.0,
         ge=1.0,
         le=20.0,
         description="Loss weight of real-defect classes relative to no-defect classes: an escape "
         "(a real defect called false) costs a factory more than a false alarm.",
-    )
-    width: int = Field(16, ge=4, le=256, description="Channels of the first CNN stage.")
-    num_workers: int = Field(2, ge=1, le=256, description="Ray Train workers.")
-    cpus_per_worker: float = Field(1.0, gt=0)
-    use_gpu: bool = Field(
-        False,
-        description="One GPU per worker (GPU sites). Where the site declares GPUs the machine lacks, "
-        "they are still reserved and the workers train on CPU (with an ADCP_WARNING line).",
     )
     target_precision: float = Field(
         0.995,
@@ -112,6 +95,47 @@ class TrainConfig(_Strict):
     code_version: str | None = Field(None, description="Code version recorded in lineage.")
     artifact_store: str | None = Field(
         None,
+        description="fsspec URL of an artifact store: the exported model is published there as "
+        "model/<model_name>@<model_version>.",
+    )
+    lineage: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Merged into the exported model's lineage (a JSON object on the command line).",
+    )
+
+    def _run_or(self, fallback: str) -> str:
+        return self.run_name or self.output.rstrip("/").rsplit("/", 1)[-1] or fallback
+
+
+class TrainConfig(TrainingJobConfig):
+    """Options of `python -m train_jobs.train`; the CLI builds the job's arguments from this."""
+
+    dataset: str = Field(..., description="fsspec URL of a dataset written by `adcp data synth`.")
+    storage_path: str | None = Field(
+        None,
+        description="fsspec URL for Ray Train checkpoints; default: `<output>-checkpoints`. "
+        "Re-running with the same storage path resumes from the latest checkpoint.",
+    )
+    run_name: str | None = Field(
+        None,
+        description="Ray Train run name under storage_path (default: the last part of output). "
+        "A run that already has checkpoints there continues from the latest one.",
+    )
+    epochs: int = Field(12, ge=1, le=1000)
+    batch_size: int = Field(64, ge=1, le=4096, description="Batch size per worker.")
+    lr: float = Field(4e-3, gt=0, le=1.0, description="Peak learning rate (one-cycle schedule).")
+    augment: float = Field(
+        1.0, ge=0.0, le=1.0, description="Augmentation strength: 0 none, 1 full."
+    )
+    num_workers: int = Field(2, ge=1, le=256, description="Ray Train workers.")
+    cpus_per_worker: float = Field(1.0, gt=0)
+    use_gpu: bool = Field(
+        False,
+        description="One GPU per worker (GPU sites). Where the site declares GPUs the machine lacks, "
+        "they are still reserved and the workers train on CPU (with an ADCP_WARNING line).",
+    )
+    artifact_store: str | None = Field(
+        None,
         description="fsspec URL of an artifact store: each epoch's checkpoint is published there as "
         "checkpoint/<checkpoint_name>@<epoch> and the exported model as model/<model_name>@<model_version>.",
     )
@@ -125,10 +149,6 @@ class TrainConfig(_Strict):
         description="Checkpoint to start from when the run has none of its own: a checkpoint "
         "artifact's manifest URL (<store>/artifacts/checkpoint/<name>/<epoch>.json) or a checkpoint "
         "folder URL. Training continues after its epoch with its model and optimizer state.",
-    )
-    lineage: dict[str, Any] = Field(
-        default_factory=dict,
-        description="Merged into the exported model's lineage (a JSON object on the command line).",
     )
 
     @field_validator("checkpoint_name")
@@ -148,14 +168,14 @@ class TrainConfig(_Strict):
     @property
     def run(self) -> str:
         """The Ray Train run name under the checkpoint path."""
-        return self.run_name or self.output.rstrip("/").rsplit("/", 1)[-1] or "adc"
+        return self._run_or("adc")
 
     @property
     def checkpoint_path(self) -> str:
         return self.storage_path or self.output.rstrip("/") + "-checkpoints"
 
 
-class TuneConfig(_Strict):
+class TuneConfig(TrainingJobConfig):
     """Options of `python -m train_jobs.tune`: a Ray Tune search over learning rate, batch size and
     augmentation strength; the best trial's model is exported like a training run's."""
 
@@ -165,6 +185,16 @@ class TuneConfig(_Strict):
         None, description="fsspec URL for Ray Tune's trial results and checkpoints; default: `<output>-tune`."
     )
     run_name: str | None = Field(None, description="Ray Tune run name; default: the last part of output.")
+    classes: list[str] | None = Field(None, description="Class list; default: the dataset's classes.")
+    defect_weight: float = Field(2.0, ge=1.0, le=20.0, description="Loss weight of real-defect classes.")
+    target_precision: float = Field(0.995, gt=0.5, lt=1.0, description="Precision the thresholds are calibrated for.")
+    artifact_store: str | None = Field(
+        None, description="fsspec URL of an artifact store: the best model is published there as "
+        "model/<model_name>@<model_version>."
+    )
+    lineage: dict[str, Any] = Field(
+        default_factory=dict, description="Merged into the exported model's lineage (JSON on the command line)."
+    )
     trials: int = Field(8, ge=1, le=1000, description="Configurations sampled from the search space.")
     epochs: int = Field(6, ge=1, le=1000, description="Most epochs a trial trains (ASHA stops weak ones earlier).")
     grace_epochs: int = Field(1, ge=1, description="Epochs every trial gets before ASHA may stop it.")
@@ -176,24 +206,6 @@ class TuneConfig(_Strict):
     augment_max: float = Field(1.0, ge=0.0, le=1.0)
     cpus_per_trial: float = Field(1.0, gt=0, description="CPUs Ray reserves per trial (torch uses as many threads).")
     max_concurrent: int | None = Field(None, ge=1, description="Trials run at once; default: as many as fit.")
-    image_size: int = Field(64, ge=32, le=512, description="Model input side in pixels.")
-    classes: list[str] | None = Field(None, description="Class list; default: the dataset's classes.")
-    width: int = Field(16, ge=4, le=256, description="Channels of the first CNN stage.")
-    weight_decay: float = Field(5e-4, ge=0, le=1.0)
-    defect_weight: float = Field(2.0, ge=1.0, le=20.0, description="Loss weight of real-defect classes.")
-    target_precision: float = Field(0.995, gt=0.5, lt=1.0, description="Precision the thresholds are calibrated for.")
-    model_name: str | None = Field(None, description="Exported model name; default: adc-<dataset>.")
-    model_version: str | None = Field(None, description="Exported model version; default: UTC time.")
-    seed: int = Field(0, ge=0)
-    site: str = Field("local", description="Site that runs the job (recorded in lineage).")
-    code_version: str | None = Field(None, description="Code version recorded in lineage.")
-    artifact_store: str | None = Field(
-        None, description="fsspec URL of an artifact store: the best model is published there as "
-        "model/<model_name>@<model_version>."
-    )
-    lineage: dict[str, Any] = Field(
-        default_factory=dict, description="Merged into the exported model's lineage (JSON on the command line)."
-    )
 
     @field_validator("batch_sizes")
     @classmethod
@@ -215,7 +227,7 @@ class TuneConfig(_Strict):
 
     @property
     def run(self) -> str:
-        return self.run_name or self.output.rstrip("/").rsplit("/", 1)[-1] or "adc-tune"
+        return self._run_or("adc-tune")
 
     @property
     def tune_path(self) -> str:
@@ -240,7 +252,7 @@ class ServeUserConfig(_Strict):
     max_side: int = Field(4096, ge=16, description="Largest image side accepted, in pixels.")
 
     @model_validator(mode="after")
-    def _sides(self) -> "ServeUserConfig":
+    def _sides(self) -> ServeUserConfig:
         if self.max_side < self.min_side:
             raise ValueError(
                 "max_side must be greater than or equal to min_side. "

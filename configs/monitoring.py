@@ -51,7 +51,7 @@ class AlertRule(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _fields_for_kind(self) -> "AlertRule":
+    def _fields_for_kind(self) -> AlertRule:
         if self.kind == "metric_above" and (self.metric is None or self.threshold is None):
             raise ValueError(f"rule {self.name}: metric_above needs metric and threshold. "
                              f"Found: metric={self.metric}, threshold={self.threshold}")
@@ -102,7 +102,7 @@ class MonitoringConfig(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _windows(self) -> "MonitoringConfig":
+    def _windows(self) -> MonitoringConfig:
         if self.timeout_s > self.interval_s:
             raise ValueError("timeout_s must be at most interval_s, or one dead site delays every sweep. "
                              f"Found: timeout_s={self.timeout_s}, interval_s={self.interval_s}")

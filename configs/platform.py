@@ -12,14 +12,14 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from configs.errors import ConfigError
-from configs.loader import validate
 from configs.kube import KarmadaConfig, KubeRayRuntime
+from configs.loader import validate
 from configs.models import LocalSiteConfig, check_site_name, unique_names
 from configs.monitoring import MonitoringConfig
+from configs.yaml_files import read_yaml
 
 PLATFORM_FILE = Path(__file__).with_name("platform.yaml")
 _HOST_PORT = re.compile(r"^[A-Za-z0-9.-]+(:\d{1,5})?$")
@@ -166,7 +166,7 @@ class SiteConfig(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _reachable(self) -> "SiteConfig":
+    def _reachable(self) -> SiteConfig:
         if not self.local and self.gateway.kind == "direct" and not self.gateway.dashboard:
             raise ValueError(f"site {self.name}: a site that is not local needs gateway.dashboard "
                              "(or gateway.kind: karmada)")
@@ -225,12 +225,7 @@ def default_home() -> Path:
 def load_platform(path: str | Path | None = None, home: str | Path | None = None) -> PlatformConfig:
     """Parse the platform file (default `configs/platform.yaml`), with `{home}` expanded."""
     file = Path(path) if path else PLATFORM_FILE
-    try:
-        raw = yaml.safe_load(file.read_text()) or {}
-    except FileNotFoundError as e:
-        raise ConfigError(f"Platform file {file} does not exist.") from e
-    except yaml.YAMLError as e:
-        raise ConfigError(f"Platform file {file} is not valid YAML: {e}") from e
+    raw = read_yaml(file, "Platform file") or {}
     home = str(Path(home or default_home()).resolve())
     raw.setdefault("center", {})
     raw["center"].setdefault("store", {"url": "{home}/store"})

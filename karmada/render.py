@@ -24,6 +24,7 @@ from configs.errors import ConfigError, InputError, NotFoundError
 from configs.kube import KubeRayRuntime
 from configs.models import ServeConfig
 from configs.platform import PlatformConfig, SiteConfig
+from configs.yaml_files import read_yaml_documents
 from karmada import _patch, policies
 from raycluster import kuberay
 from raycluster.k8s_names import dns_name, label_value
@@ -209,10 +210,7 @@ def load(paths: list[Path]) -> list[dict]:
 
 
 def _read(file: Path) -> list[dict]:
-    try:
-        found = [d for d in yaml.safe_load_all(file.read_text(encoding="utf-8")) if d is not None]
-    except yaml.YAMLError as e:
-        raise InputError(f"{file} is not valid YAML: {e}") from e
+    found = read_yaml_documents(file, "Manifest file", error=InputError)
     bad = [i for i, d in enumerate(found) if not isinstance(d, dict)]
     if bad:
         raise InputError(f"{file}: document {bad[0] + 1} is not a mapping (a Kubernetes object).")

@@ -22,6 +22,7 @@ import httpx
 import yaml
 
 from configs.errors import AdcpError, ConfigError, InputError, IntegrityError, NotFoundError, SiteError
+from configs.yaml_files import read_yaml
 
 __all__ = ["Coordinator", "CoordinatorClient", "config_path", "load_config", "resolve", "save_config"]
 
@@ -57,12 +58,9 @@ def config_path() -> Path:
 
 def load_config() -> dict[str, Any]:
     path = config_path()
-    try:
-        doc = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
+    if not path.exists():
         return {"contexts": {}, "current": None}
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"Cannot read {path}: {e}.", hint="Fix or delete it, then `adcp login` again.") from e
+    doc = read_yaml(path, "Client config", hint="Fix or delete it, then `adcp login` again.") or {}
     if not isinstance(doc, dict) or not isinstance(doc.get("contexts", {}), dict):
         raise ConfigError(f"{path} is not an adcp client config.", hint="Delete it and `adcp login` again.")
     doc.setdefault("contexts", {})
