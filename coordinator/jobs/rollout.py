@@ -32,8 +32,8 @@ from raycluster.gateway import SiteGateway
 __all__ = ["deploy", "list_models", "parse_model_ref", "rollback", "served_models"]
 
 #: Serve replicas share the site's CPUs with training; one torch/OMP thread each keeps them from
-#: oversubscribing small machines (the same environment `operations.deploy_model` gives the app:
-#: a different runtime_env would restart replicas instead of swapping the model in place).
+#: oversubscribing small machines (every rollout gives the app this same environment: a different
+#: runtime_env would restart replicas instead of swapping the model in place).
 SITE_ENV = {"OMP_NUM_THREADS": "1"}
 #: How often the wait asks the site's Serve app which model answers. /v1/model is a cheap local
 #: answer of the replica; 0.1 s keeps the poll's share of the rollout figure small.

@@ -16,7 +16,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from configs.errors import AdcpError, InputError, JobError, SiteError
@@ -52,7 +51,6 @@ class Trainer:
         self.poll_s = poll_s
         self.lost_after_s = lost_after_s
         self.records = JobRecords(center.state)
-        self._threads: dict[str, threading.Thread] = {}
         self._stop: set[str] = set()
 
     # --- what the API and CLI call --------------------------------------------------------
@@ -69,7 +67,7 @@ class Trainer:
         """Where `req` would run now and why (InputError/NotFoundError for a bad request,
         SiteError when no site fits)."""
         self.center.site(req.origin)  # NotFoundError naming the known sites
-        refs = [self._dataset(req), self._code().ref] + ([init] if init else [])
+        refs = [self._dataset(req), self._code()] + ([init] if init else [])
         return plan(self.center, req.origin, self.need(req), refs, on=req.on, exclude=exclude)
 
     def start(self, req: RunRequest) -> Job:
@@ -124,20 +122,13 @@ class Trainer:
                 log.warning("stopping %s at %s: %s", a.submission_id, a.site, e)
         return self.job(job_id)
 
-    def wait(self, job_id: str, timeout_s: float | None = None) -> None:
-        t = self._threads.get(job_id)
-        if t is not None:
-            t.join(timeout_s)
-
     # --- the run --------------------------------------------------------------------------
 
     def _save(self, job: Job) -> Job:
         return self.records.save(job)
 
     def _launch(self, job_id: str) -> None:
-        t = threading.Thread(target=self._run_logged, args=(job_id,), daemon=True, name=f"job-{job_id}")
-        self._threads[job_id] = t
-        t.start()
+        threading.Thread(target=self._run_logged, args=(job_id,), daemon=True, name=f"job-{job_id}").start()
 
     def _run_logged(self, job_id: str) -> None:
         try:
@@ -191,13 +182,13 @@ class Trainer:
         dataset = ArtifactRef.parse(job.spec.dataset)
         code = self._code()
         init = [ArtifactRef.parse(attempt.init_checkpoint)] if attempt.init_checkpoint else []
-        for ref in [dataset, code.ref, *init]:
+        for ref in [dataset, code, *init]:
             self.center.push(ref, [site])
         client = self.center.job_client(site)
         if not follow.exists(client, attempt.submission_id):
             # objects are content-addressed: the bundle's key at the site is its key at the center
-            entry = self.center.central.manifest(code.ref).entry(bundle.BUNDLE_FILE)
-            client.submit_job(entrypoint=self._entrypoint(job, req, dataset, code.ref.version),
+            entry = self.center.central.manifest(code).entry(bundle.BUNDLE_FILE)
+            client.submit_job(entrypoint=self._entrypoint(job, req, dataset, code.version),
                               submission_id=attempt.submission_id,
                               runtime_env={"working_dir": self.center.store(site).object_url(entry),
                                            "env_vars": dict(_SITE_ENV)},
@@ -283,15 +274,9 @@ class Trainer:
             raise InputError(f"Got {ref} for the dataset.", allowed="NAME[@VERSION] or dataset/NAME[@VERSION]")
         return self.center.central.resolve(ref)
 
-    def _code(self) -> _Code:
-        code = bundle.publish(self.center.central)
-        return _Code(ArtifactRef("code", bundle.BUNDLE_NAME, code.version), code.uri)
-
-
-@dataclass(frozen=True)
-class _Code:
-    ref: ArtifactRef
-    uri: str
+    def _code(self) -> ArtifactRef:
+        """The code bundle of this checkout, published to the central store (once per content)."""
+        return ArtifactRef("code", bundle.BUNDLE_NAME, bundle.publish(self.center.central).version)
 
 
 def _sanitise(name: str) -> str:
