@@ -14,6 +14,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from configs.models import unique_names
 
+__all__ = [
+    "GPU_RESOURCE",
+    "FailoverConfig",
+    "KarmadaConfig",
+    "KubeRayRuntime",
+    "PodResources",
+    "SpreadConfig",
+    "WorkerGroupConfig",
+]
+
 #: The extended resource the NVIDIA device plugin advertises; Karmada's resourceSummary reports it too.
 GPU_RESOURCE = "nvidia.com/gpu"
 
@@ -40,7 +50,8 @@ class WorkerGroupConfig(_Strict):
     resources: PodResources = Field(default_factory=PodResources)
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[dict[str, str]] = Field(
-        default_factory=list, description='Pod tolerations, e.g. [{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}]'
+        default_factory=list,
+        description="Pod tolerations, e.g. [{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}]",
     )
     ray_resources: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources of each worker")
 
@@ -75,9 +86,14 @@ class KubeRayRuntime(_Strict):
 
     kind: Literal["kuberay"] = "kuberay"
     namespace: str = Field("ray-system", description="Namespace of the Ray objects at the site")
-    cluster_name: str = Field("adc", description="RayCluster/RayService name; services are <name>-head-svc, <name>-serve-svc")
+    cluster_name: str = Field(
+        "adc", description="RayCluster/RayService name; services are <name>-head-svc, <name>-serve-svc"
+    )
     ray_version: str = Field("2.60.0", description="spec.rayVersion")
-    image: str = Field("rayproject/ray:2.60.0-py311", description="Ray image (the site's registry prefix is applied by an OverridePolicy)")
+    image: str = Field(
+        "rayproject/ray:2.60.0-py311",
+        description="Ray image (the site's registry prefix is applied by an OverridePolicy)",
+    )
     image_pull_secrets: list[str] = Field(default_factory=list)
     head: PodResources = Field(default_factory=lambda: PodResources(cpu="2", memory="8Gi"))
     head_schedules_work: bool = Field(False, description="False sets num-cpus=0 on the head so work lands on workers")
@@ -130,7 +146,9 @@ class FailoverConfig(_Strict):
 class KarmadaConfig(_Strict):
     """The Karmada control plane the center talks to (production only)."""
 
-    kubeconfig: str | None = Field(None, description="kubeconfig of the Karmada apiserver; default $KUBECONFIG or ~/.kube/config")
+    kubeconfig: str | None = Field(
+        None, description="kubeconfig of the Karmada apiserver; default $KUBECONFIG or ~/.kube/config"
+    )
     context: str | None = Field(None, description="kubeconfig context; default: the current one")
     namespace: str = Field("ray-system", description="Namespace of the resource templates and policies")
     cluster_scoped: bool = Field(False, description="Place with ClusterPropagationPolicy instead of PropagationPolicy")

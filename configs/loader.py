@@ -11,6 +11,8 @@ from configs.errors import ConfigError
 from configs.models import LocalSiteConfig, ServeConfig, SynthConfig, TrainConfig
 from configs.yaml_files import read_yaml
 
+__all__ = ["DEFAULTS_FILE", "Defaults", "load_defaults", "validate"]
+
 DEFAULTS_FILE = Path(__file__).with_name("defaults.yaml")
 
 

@@ -12,6 +12,19 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+__all__ = [
+    "LocalSiteConfig",
+    "ServeConfig",
+    "ServeUserConfig",
+    "SynthConfig",
+    "TrainConfig",
+    "TrainingJobConfig",
+    "TuneConfig",
+    "artifact_name",
+    "check_site_name",
+    "unique_names",
+]
+
 _SITE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
 #: The artifact name rule of `data.artifacts` (configs imports nothing of ours, so it is repeated).
 _ARTIFACT_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")

@@ -21,6 +21,20 @@ from configs.models import LocalSiteConfig, check_site_name, unique_names
 from configs.monitoring import MonitoringConfig
 from configs.yaml_files import read_yaml
 
+__all__ = [
+    "PLATFORM_FILE",
+    "ApiConfig",
+    "CenterConfig",
+    "DirectGateway",
+    "KarmadaGateway",
+    "LocalRuntime",
+    "PlatformConfig",
+    "SiteConfig",
+    "StoreConfig",
+    "default_home",
+    "load_platform",
+]
+
 PLATFORM_FILE = Path(__file__).with_name("platform.yaml")
 _HOST_PORT = re.compile(r"^[A-Za-z0-9.-]+(:\d{1,5})?$")
 
@@ -88,7 +102,9 @@ class KarmadaGateway(_Strict):
     """
 
     kind: Literal["karmada"] = "karmada"
-    kubeconfig: str | None = Field(None, description="kubeconfig of the Karmada apiserver; default: the platform's karmada.kubeconfig")
+    kubeconfig: str | None = Field(
+        None, description="kubeconfig of the Karmada apiserver; default: the platform's karmada.kubeconfig"
+    )
     context: str | None = Field(None, description="kubeconfig context; default: the platform's karmada.context")
     cluster: str = Field(..., description="Karmada Cluster object name")
     namespace: str = Field("ray-system", description="Namespace of the site's Ray services")
@@ -97,14 +113,18 @@ class KarmadaGateway(_Strict):
     metrics_service: str = Field("adc-head-svc:8080", description="SERVICE:PORT of the head's Ray metrics")
     prometheus_service: str | None = Field(None, description="SERVICE:PORT of a site Prometheus; when set, the "
                                            "coordinator reads the site's figures with PromQL through the proxy")
-    token_file: str | None = Field(None, description="File holding the site's Ray auth token (sent as X-Ray-Authorization)")
+    token_file: str | None = Field(
+        None, description="File holding the site's Ray auth token (sent as X-Ray-Authorization)"
+    )
     training: Literal["jobs-api", "rayjob"] = Field(
         "jobs-api",
         description="How training runs are submitted: jobs-api (Ray's jobs API through the proxy) or rayjob "
         "(a KubeRay RayJob plus a PropagationPolicy pinning it to this cluster, applied to the Karmada "
         "apiserver; needs a kuberay runtime)")
     rayjob_cluster: Literal["existing", "own"] = Field(
-        "existing", description="rayjob: run on the site's RayCluster, or on a cluster of the job's own sized for its GPUs")
+        "existing",
+        description="rayjob: run on the site's RayCluster, or on a cluster of the job's own sized for its GPUs",
+    )
 
     @field_validator("dashboard_service", "serve_service", "metrics_service", "prometheus_service")
     @classmethod

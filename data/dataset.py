@@ -17,9 +17,10 @@ import hashlib
 import io
 import json
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import fsspec
 import pyarrow as pa
@@ -30,6 +31,8 @@ from configs.models import SynthConfig
 from data.artifacts import file_urls
 from data.schema import ANNOTATION_SCHEMA, DEFECT_CLASSES, IMAGE_SCHEMA, split_of
 from data.synth import SynthImage, generate
+
+__all__ = ["FORMAT", "MANIFEST", "Dataset", "labelled_counts", "open_dataset", "write_synthetic"]
 
 MANIFEST = "manifest.json"
 FORMAT = "adcp-dataset/1"

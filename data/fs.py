@@ -5,6 +5,8 @@ from __future__ import annotations
 import fsspec
 import pyarrow.fs as pafs
 
+__all__ = ["arrow_fs"]
+
 
 def arrow_fs(url: str) -> tuple[pafs.FileSystem, str]:
     """(pyarrow filesystem, path) for any fsspec URL.

@@ -20,6 +20,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from configs.errors import IntegrityError, NotFoundError
 from data.artifacts import file_url
 
+__all__ = [
+    "FORMAT",
+    "METADATA_FILE",
+    "MODEL_FILE",
+    "InputSpec",
+    "ModelMetadata",
+    "decide",
+    "decision_figures",
+    "read_metadata",
+]
+
 MODEL_FILE = "model.pt2"
 METADATA_FILE = "metadata.json"
 FORMAT = "adcp-model/1"

@@ -7,12 +7,22 @@ these same functions: there is one definition of what the model expects.
 from __future__ import annotations
 
 import io
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from configs.errors import InputError
+
+__all__ = [
+    "NORMALIZATION",
+    "NORMALIZATION_SCALE",
+    "decode_image",
+    "input_spec",
+    "normalize",
+    "resize",
+    "to_model_input",
+]
 
 #: Per-image mean normalisation: x / mean(x) - 1, divided by this scale. Dividing by the image's
 #: own mean removes brightness differences between panels and machines, so defect contrast is

@@ -9,6 +9,8 @@ from PIL import Image, ImageDraw
 from data.schema import DEFECT_CLASSES
 from data.synth import render
 
+__all__ = ["contact_sheet"]
+
 
 def contact_sheet(path: str | Path, seed: int = 0, size: int = 64, per_class: int = 8, zoom: int = 2) -> Path:
     """Write a PNG grid: one row per class, `per_class` samples each, labelled. Returns the path."""

@@ -6,6 +6,16 @@ import hashlib
 
 import pyarrow as pa
 
+__all__ = [
+    "ANNOTATION_SCHEMA",
+    "BOX_TYPE",
+    "DEFECT_CLASSES",
+    "IMAGE_SCHEMA",
+    "NO_DEFECT_CLASSES",
+    "SPLITS",
+    "split_of",
+]
+
 #: Classes the synthetic generator produces, in the order models index them. `false_defect` is the
 #: class a line engineer filters out (nothing real on the panel).
 DEFECT_CLASSES: tuple[str, ...] = (

@@ -12,14 +12,25 @@ the edge of a different pattern area) and resemble real defects at a glance.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Iterator
 
 import numpy as np
 from PIL import Image
 
 from data.schema import DEFECT_CLASSES
+
+__all__ = [
+    "CLASS_WEIGHTS",
+    "FALSE_DEFECT_KINDS",
+    "PROCESS_STEPS",
+    "PRODUCTS",
+    "SynthImage",
+    "blur",
+    "generate",
+    "render",
+]
 
 #: Share of each class in a generated dataset (AOI flags are mostly false defects).
 CLASS_WEIGHTS: dict[str, float] = {

@@ -27,6 +27,16 @@ from data.model_format import (
 from data.preprocess import input_spec as make_input_spec
 from data.publish import publish_artifact
 
+__all__ = [
+    "MIN_CALIBRATION_SUPPORT",
+    "calibrate_and_export",
+    "calibrate_thresholds",
+    "decision_metrics",
+    "export_model",
+    "probabilities",
+    "publish_model",
+]
+
 #: Fewest validation images of a predicted class needed to trust its calibrated threshold; with
 #: fewer, the class is only auto-decided at a confidence of 1.0 (i.e. practically always reviewed).
 MIN_CALIBRATION_SUPPORT = 5

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+__all__ = ["ADCNet"]
+
 
 class _Block(nn.Module):
     """Two 3x3 convolutions with a shortcut (projected when the shape changes)."""

@@ -13,6 +13,8 @@ import pyarrow as pa
 from data.preprocess import decode_image, normalize, resize
 from data.schema import split_of
 
+__all__ = ["DecodeAndLabel", "augment", "only_split", "to_tensors"]
+
 
 class DecodeAndLabel:
     """Ray Data batch UDF: PNG bytes -> uint8 pixels at the model size, label index, split."""

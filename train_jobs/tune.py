@@ -39,6 +39,8 @@ from train_jobs.pipeline import DecodeAndLabel, augment
 from train_jobs.steps import class_weights, epoch_metrics, evaluate, train_epoch
 from train_jobs.train import check_model_unpublished, model_identity, parse_config, report_model
 
+__all__ = ["SEARCHED", "main", "parse_args", "run", "search_space"]
+
 #: What a trial samples, and what `ADCP_TUNE`'s `best` holds.
 SEARCHED = ("lr", "batch_size", "augment")
 
