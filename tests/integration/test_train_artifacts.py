@@ -141,7 +141,8 @@ def test_a_run_at_a_gpu_site_resumes_from_a_relayed_checkpoint(env: Site, first:
     # Resumed: epochs 1 and 2 came with the checkpoint.
     assert run.epochs() == [(3, 4), (4, 4)]
     assert f"resuming from {init} after epoch 2" in run.logs
-    assert [line["ref"] for line in run.lines("ADCP_CHECKPOINT")] == ["checkpoint/adc-tiny-2@3", "checkpoint/adc-tiny-2@4"]
+    refs = [line["ref"] for line in run.lines("ADCP_CHECKPOINT")]
+    assert refs == ["checkpoint/adc-tiny-2@3", "checkpoint/adc-tiny-2@4"]
     assert env.store.versions("checkpoint", "adc-tiny-2") == ["3", "4"]
     assert env.store.manifest(ArtifactRef("checkpoint", "adc-tiny-2", "4")).meta["model_version"] == "2"
     meta = read_metadata(env.store.manifest_url(ArtifactRef("model", "adc-tiny", "2")))

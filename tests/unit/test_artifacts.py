@@ -274,7 +274,7 @@ def test_copy_counts_progress_and_recopy_sends_nothing(tmp_path, source):
         plan, moved, objects = [], [0], [0]
         lock = threading.Lock()
 
-        def progress(nbytes, nobjects):
+        def progress(nbytes, nobjects, lock=lock, moved=moved, objects=objects):
             with lock:
                 moved[0] += nbytes
                 objects[0] += nobjects
@@ -285,7 +285,7 @@ def test_copy_counts_progress_and_recopy_sends_nothing(tmp_path, source):
             m.ref,
             workers=3,
             chunk_bytes=1024,
-            on_plan=lambda b, n: plan.append((b, n)),
+            on_plan=lambda b, n, plan=plan: plan.append((b, n)),
             on_progress=progress,
         )
         unique = sum(o.size for o in m.unique_objects())
@@ -511,3 +511,14 @@ def test_cli_prints_one_result_line(tmp_path, source, capsys):
         == 1
     )
     assert "JSON object" in capsys.readouterr().err
+
+
+def test_exported_names():
+    import data.artifacts as artifacts
+    import data.publish as publish
+
+    assert set(publish.__all__) == {"publish_artifact", "verify_and_repair"}
+    assert set(transfer.__all__) == {"Job", "TransferError", "TransferResult", "copy_artifact", "main", "send_objects"}
+    store_names = {"ArtifactRef", "ArtifactStore", "Manifest", "ObjectEntry", "file_url", "file_urls"}
+    assert store_names <= set(artifacts.__all__)
+    assert not hasattr(artifacts.ArtifactStore, "publish")  # publishing needs the engine: data.publish

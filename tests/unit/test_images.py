@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from configs.errors import AdcpError, InputError, IntegrityError, NotFoundError
+from configs.errors import InputError, IntegrityError, NotFoundError
 from data import images, oci_archive, oci_build
 from data.oci_archive import inspect_archive, read_layer_files
 from data.oci_build import build_oci_archive

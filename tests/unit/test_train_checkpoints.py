@@ -80,7 +80,8 @@ def test_checkpoint_name_defaults_to_a_sanitised_model_and_run(model_name, outpu
     cfg = TrainConfig(dataset="d", output=output, run_name=run_name)
     assert cfg.checkpoint_artifact_name(model_name) == expected
     ArtifactRef("checkpoint", expected, "1")  # a valid artifact name
-    assert TrainConfig(dataset="d", output=output, checkpoint_name="given").checkpoint_artifact_name(model_name) == "given"
+    given = TrainConfig(dataset="d", output=output, checkpoint_name="given")
+    assert given.checkpoint_artifact_name(model_name) == "given"
 
 
 def test_long_names_stay_valid_and_distinct():
