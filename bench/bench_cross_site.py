@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from coordinator import server  # noqa: E402
+from coordinator import process as server  # noqa: E402
 from coordinator.center.core import Center  # noqa: E402
 from coordinator.cli.client import CoordinatorClient  # noqa: E402
 from coordinator.cli.main import main as adcp  # noqa: E402

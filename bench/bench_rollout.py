@@ -36,7 +36,7 @@ if str(REPO) not in sys.path:
 
 import httpx  # noqa: E402
 
-from coordinator import server  # noqa: E402
+from coordinator import process as server  # noqa: E402
 from coordinator.center.core import Center  # noqa: E402
 from coordinator.jobs import rollout
 from data.publish import publish_artifact  # noqa: E402

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
@@ -24,8 +23,13 @@ from configs.errors import AdcpError, InputError
 from coordinator.api.auth import install_door
 from coordinator.api.job_routes import add_job_routes
 from coordinator.api.model_routes import add_model_routes
+from coordinator.api.platform_routes import add_platform_routes, principal_name
+from coordinator.api.upload_routes import add_upload_routes
 from coordinator.api.monitoring_routes import add_monitoring_routes
 from coordinator.api.user_routes import add_user_routes
+from coordinator.center.local_sites import LocalSites
+from coordinator.center.uploads import Uploads
+from coordinator.jobs.tasks import TaskRunner
 from coordinator.center.core import CENTER, Center, PushPlan
 from coordinator.monitoring.monitor import Monitor
 from coordinator.dashboard.routes import add_dashboard_routes
@@ -47,6 +51,7 @@ class SiteIn(BaseModel):
     registry: str | None = None
     transfer: Literal["push", "pull"] = "push"
     labels: dict[str, str] = Field(default_factory=dict)
+    token_file: str | None = Field(None, description="File with the site's Ray token, on the coordinator's host")
 
 
 class TransferIn(BaseModel):
@@ -58,16 +63,8 @@ class TransferIn(BaseModel):
     max_mbps: float | None = Field(None, gt=0, description="Bandwidth cap per destination, MB/s")
 
 
-def _run_logged(center: Center, plan: PushPlan) -> None:
-    try:
-        center.run_push(plan)
-    except AdcpError:
-        pass  # already recorded on each failed transfer
-    except Exception:  # our bug: record it in the server log; the transfer record has it too
-        log.exception("push %s failed", plan.ref)
-
-
-def create_app(center: Center, token: str, trainer: Trainer | None = None, monitor: Monitor | None = None) -> FastAPI:
+def create_app(center: Center, token: str, trainer: Trainer | None = None, monitor: Monitor | None = None, *,
+               tasks: TaskRunner | None = None, local_sites: LocalSites | None = None) -> FastAPI:
     """The API over `center`. `monitor` (default: one over the platform's monitoring settings) is
     on `app.state.monitor`; it sweeps the sites while the app is served (started and stopped by
     the app's lifespan)."""
@@ -136,17 +133,26 @@ def create_app(center: Center, token: str, trainer: Trainer | None = None, monit
         return center.artifacts(site, kind)
 
     @app.post(f"/api/{API_VERSION}/transfers", status_code=202)
-    def create_transfer(body: TransferIn, response: Response,
+    def create_transfer(body: TransferIn, request: Request, response: Response,
                         wait: bool = Query(False, description="Answer when every transfer has finished")) -> dict[str, Any]:
-        """Start a push; 202 with one transfer id per site (follow them at /transfers/{id}), or
-        with `wait=true` 200 with the results."""
+        """Start a push; 202 with one transfer id per site and the id of the task that runs it
+        (follow it at /tasks/{id}: per-site bytes and objects), or with `wait=true` 200 with the
+        results."""
         plan = center.plan_push(body.artifact, body.to, source=body.source, verify_existing=body.verify_existing,
                                 max_mbps=body.max_mbps)
         if wait:
             response.status_code = 200
             return {**plan.to_dict(), "results": [o.to_dict() for o in center.run_push(plan)]}
-        threading.Thread(target=_run_logged, args=(center, plan), daemon=True, name="push").start()
-        return plan.to_dict()
+
+        def work(report) -> list[dict[str, Any]]:
+            for leg in plan.legs:
+                report.event(f"{leg.direction} {plan.ref} to {leg.site.name} (transfer {leg.transfer_id})")
+            outcomes = center.run_push(plan, on_plan=report.plan, on_progress=report.advance)
+            return [o.to_dict() for o in outcomes]
+
+        task = tasks.start("push", f"{plan.ref} -> {','.join(leg.site.name for leg in plan.legs)}", work,
+                           user=principal_name(request), detail=plan.to_dict())
+        return {**plan.to_dict(), "task_id": task.id}
 
     @app.get(f"/api/{API_VERSION}/transfers")
     def list_transfers(limit: int = Query(50, ge=1, le=1000)) -> list[dict[str, Any]]:
@@ -156,6 +162,10 @@ def create_app(center: Center, token: str, trainer: Trainer | None = None, monit
     def get_transfer(transfer_id: str) -> dict[str, Any]:
         return center.transfer(transfer_id)
 
+    tasks = tasks or TaskRunner()
+    app.state.tasks = tasks
+    add_platform_routes(app, center, tasks, local_sites)
+    add_upload_routes(app, Uploads(center.central, center.home / "coordinator" / "uploads"))
     add_model_routes(app, center)
     add_monitoring_routes(app, center, monitor)
     add_dashboard_routes(app, center)

@@ -8,8 +8,6 @@ Sites come from the platform file (`configs/platform.yaml`, origin "config") and
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import shlex
 import tempfile
 import time
@@ -34,33 +32,9 @@ from raycluster.gateway import SiteGateway, gateway_for, site_status
 from raycluster.local import read_state
 
 CENTER = "center"
-PLATFORM_POINTER = "platform.path"  # in home: the platform file `adcp up` was given
 
 Progress = Callable[[str, int, int], None]  # (site, bytes_delta, objects_delta)
 Plan = Callable[[str, int, int], None]  # (site, total_bytes, total_objects)
-
-
-def token_path(home: Path) -> Path:
-    return home / "coordinator" / "api_token"
-
-
-def create_token(home: Path) -> str:
-    """A new API token in `<home>/coordinator/api_token`, readable by its owner only (0600)."""
-    path = token_path(home)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
-    os.chmod(path, 0o600)
-    return token
-
-
-def read_token(home: Path) -> str:
-    try:
-        return token_path(home).read_text().strip()
-    except FileNotFoundError:
-        raise NotFoundError("The coordinator has no API token yet.", hint="Run `adcp up` first.") from None
 
 
 @dataclass(frozen=True)
@@ -124,20 +98,10 @@ class Center:
     def open(cls, home: Path | None = None, platform_file: Path | None = None) -> "Center":
         """The center of `home`, with the platform file given (or in $ADCP_PLATFORM), else the one
         `adcp up` recorded, else the default."""
-        home = Path(home or default_home()).resolve()
-        pointer = home / PLATFORM_POINTER
-        platform_file = platform_file or (Path(os.environ["ADCP_PLATFORM"]) if os.environ.get("ADCP_PLATFORM") else None)
-        if platform_file is None and pointer.exists():
-            platform_file = Path(pointer.read_text().strip())
-        return cls(load_platform(platform_file, home), home)
+        from coordinator.process import platform_file as find_platform
 
-    def remember_platform_file(self, path: Path | None) -> None:
-        pointer = self.home / PLATFORM_POINTER
-        self.home.mkdir(parents=True, exist_ok=True)
-        if path:
-            pointer.write_text(str(Path(path).resolve()))
-        elif pointer.exists():
-            pointer.unlink()
+        home = Path(home or default_home()).resolve()
+        return cls(load_platform(find_platform(home, platform_file), home), home)
 
     def close(self) -> None:
         self.state.close()

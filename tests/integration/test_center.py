@@ -14,8 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from coordinator import server
-from coordinator.center.core import Center, read_token, token_path
+from coordinator import process as server
+from coordinator.center.core import Center
+from coordinator.process import read_token, token_path
 from coordinator.cli.main import main
 from data.artifacts import ArtifactRef, ArtifactStore
 from data.publish import publish_artifact

@@ -20,7 +20,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from coordinator.api.auth import install_door
-from coordinator.center.core import read_token
+from coordinator.process import read_token
 from coordinator.dashboard.routes import add_dashboard_routes
 from coordinator.server import running
 from coordinator.state.db import State

@@ -16,8 +16,9 @@ import pytest
 import yaml
 
 from configs.platform import SiteConfig
-from coordinator import server
-from coordinator.center.core import Center, read_token
+from coordinator import process as server
+from coordinator.center.core import Center
+from coordinator.process import read_token
 from coordinator.cli.main import main
 from coordinator.state.jobs import JobRecords
 from karmada.gateway import KarmadaSiteGateway, forget_credentials

@@ -12,7 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from coordinator.center.core import Center, read_token
+from coordinator.center.core import Center
+from coordinator.process import read_token
 from coordinator.monitoring.collect import SiteReader
 from coordinator.server import running
 from raycluster.gateway import DirectGateway

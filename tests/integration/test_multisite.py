@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator import server
+from coordinator import process as server
 from coordinator.center import bundle
 from coordinator.center.core import Center
 from data.artifacts import ArtifactRef, ArtifactStore

@@ -12,8 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from coordinator import server
-from coordinator.center.core import Center, read_token
+from coordinator import process as server
+from coordinator.center.core import Center
+from coordinator.process import read_token
 from data.artifacts import ArtifactRef
 from data.publish import publish_artifact
 from raycluster.local import read_state
