@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from coordinator import server
+from coordinator import process
 from coordinator.center.core import Center
 from coordinator.cli.main import main
 from coordinator.state.jobs import JobRecords
@@ -68,8 +68,8 @@ def test_borrowed_gpu_site_trains_and_model_comes_home(platform, capsys):
 
     # restart the coordinator while the job runs at fab-b: the new one follows it to the end
     _wait_job(home, job_id, lambda j: j["status"] == "running", "the job to run at fab-b")
-    assert server.stop(home)
-    server.start(home)
+    assert process.stop(home)
+    process.start(home)
     done = _wait_job(home, job_id, lambda j: j["status"] in ("succeeded", "failed"), "the job to finish")
     assert done["status"] == "succeeded", done["error"]
     assert [a["site"] for a in done["attempts"]] == ["fab-b"]
