@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import FastAPI, Query
+from fastapi import FastAPI, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from configs.models import ServeConfig
+from configs.tasks import TaskRecord
+from coordinator.api.platform_routes import principal_name
 from coordinator.center.core import Center
 from coordinator.jobs import rollout
+from coordinator.jobs.tasks import Reporter, TaskRunner
 
 __all__ = ["DeployIn", "RollbackIn", "RolloutRow", "add_model_routes"]
 
@@ -47,6 +50,7 @@ class RolloutRow(BaseModel):
     error: str | None = None
 
 
+_WAIT = "true: answer when every site serves the model; false: 202 with the task that runs the rollout"
 _BUSY = {409: {"description": "A rollout to one of the sites is still running (ConflictError: `site`, `running`); "
                               "nothing was shipped. Retry once it ends."}}
 
@@ -68,21 +72,47 @@ def add_model_routes(app: FastAPI, center: Center, serve_cfg: ServeConfig | None
         """Model artifacts of the central store; `serving_at` lists the sites serving each now."""
         return rollout.list_models(center)
 
-    @app.post(f"{_PREFIX}/models/{{name}}/{{version}}/deploy", tags=["models"], response_model=list[RolloutRow],
-              responses=_BUSY)
-    def deploy_model(name: str, version: str, body: DeployIn) -> list[dict[str, Any]]:
+    @app.post(f"{_PREFIX}/models/{{name}}/{{version}}/deploy", tags=["models"],
+              response_model=list[RolloutRow] | TaskRecord, responses=_BUSY)
+    def deploy_model(name: str, version: str, body: DeployIn, request: Request, response: Response,
+                     wait: bool = Query(True, description=_WAIT)) -> Any:
         """Roll `model/{name}@{version}` out to `to`, all sites at once; one row per site with the
         seconds from the request to the new version answering. 503 with every row in `results`
-        when any site failed; 409 when a rollout to one of them is still running."""
+        when any site failed; 409 when a rollout to one of them is still running. With
+        `wait=false`: 202 with the task that runs it (its result: the rows)."""
         ref = rollout.parse_model_ref(f"{name}@{version}")
-        return rollout.deploy(center, ref, body.to, cfg(body.replicas), timeout_s=body.timeout_s)
+        if wait:
+            return rollout.deploy(center, ref, body.to, cfg(body.replicas), timeout_s=body.timeout_s)
+        ref, names = rollout.check(center, ref, body.to)
 
-    @app.post(f"{_PREFIX}/sites/{{site}}/rollback", tags=["models"], response_model=RolloutRow, responses=_BUSY)
-    def rollback(site: str, body: RollbackIn | None = None) -> dict[str, Any]:
+        def work(report: Reporter) -> list[dict[str, Any]]:
+            return rollout.deploy(center, ref, names, cfg(body.replicas), timeout_s=body.timeout_s,
+                                  on_event=lambda site, msg: report.event(f"{site}: {msg}"))
+
+        response.status_code = 202
+        return _tasks(request).start("deploy", f"{ref} -> {','.join(names)}", work, user=principal_name(request),
+                                     detail={"model": str(ref), "to": names})
+
+    @app.post(f"{_PREFIX}/sites/{{site}}/rollback", tags=["models"], response_model=RolloutRow | TaskRecord,
+              responses=_BUSY)
+    def rollback(site: str, request: Request, response: Response, body: RollbackIn | None = None,
+                 wait: bool = Query(True, description=_WAIT)) -> Any:
         """Redeploy the model the site served before its current one (404 when there is none, 409
-        while a rollout to the site runs)."""
+        while a rollout to the site runs). With `wait=false`: 202 with the task that runs it (its
+        result: the site's row, in a list)."""
         body = body or RollbackIn()
-        return rollout.rollback(center, site, cfg(body.replicas), timeout_s=body.timeout_s)
+        if wait:
+            return rollout.rollback(center, site, cfg(body.replicas), timeout_s=body.timeout_s)
+        current = rollout.rollback_target(center, site)
+        rollout.check(center, current["previous"], [site])
+
+        def work(report: Reporter) -> list[dict[str, Any]]:
+            return [rollout.rollback(center, site, cfg(body.replicas), timeout_s=body.timeout_s,
+                                     on_event=lambda s, msg: report.event(f"{s}: {msg}"))]
+
+        response.status_code = 202
+        return _tasks(request).start("rollback", f"{site} -> {current['previous']}", work,
+                                     user=principal_name(request), detail={"site": site, "to": current["previous"]})
 
     @app.get(f"{_PREFIX}/deployments", tags=["models"])
     def deployments(site: str | None = Query(None, description="Only this site"),
@@ -91,3 +121,8 @@ def add_model_routes(app: FastAPI, center: Center, serve_cfg: ServeConfig | None
         if site is not None:
             center.site(site)
         return center.state.deployments(site=site, limit=limit)
+
+
+def _tasks(request: Request) -> TaskRunner:
+    """The app's task runner (`create_app` puts it on `app.state.tasks`)."""
+    return request.app.state.tasks

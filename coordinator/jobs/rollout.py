@@ -29,7 +29,7 @@ from data.artifacts import ArtifactRef, ObjectEntry
 from data.model_format import read_metadata
 from raycluster.gateway import SiteGateway
 
-__all__ = ["deploy", "list_models", "parse_model_ref", "rollback", "served_models"]
+__all__ = ["check", "deploy", "list_models", "parse_model_ref", "rollback", "rollback_target", "served_models"]
 
 #: Serve replicas share the site's CPUs with training; one torch/OMP thread each keeps them from
 #: oversubscribing small machines (every rollout gives the app this same environment: a different
@@ -134,6 +134,26 @@ def _busy_error(center: Center, site: str, holder: dict[str, str]) -> ConflictEr
                          site=site, running=running)
 
 
+def check(center: Center, ref: str | ArtifactRef, sites: list[str]) -> tuple[ArtifactRef, list[str]]:
+    """(the model resolved, the destination names) of a rollout that may start now: InputError or
+    NotFoundError for a bad model or site, ConflictError for a site with a rollout running. What
+    an API call checks before it starts the rollout as a task (`deploy` checks it again, holding
+    the sites' locks)."""
+    ref = parse_model_ref(ref) if isinstance(ref, str) else ref
+    names = _destinations(center, sites)
+    with _exclusive(center, names, str(ref)):
+        return center.central.resolve(ref), names
+
+
+def _destinations(center: Center, sites: list[str]) -> list[str]:
+    names = list(dict.fromkeys(s.strip() for s in sites if s and s.strip()))
+    if not names:
+        raise InputError("No destination site given.", allowed=", ".join(s.name for s in center.sites()) or "none")
+    for name in names:
+        center.site(name)  # NotFoundError naming the known sites
+    return names
+
+
 def deploy(center: Center, ref: str | ArtifactRef, sites: list[str], serve_cfg: ServeConfig | None = None, *,
            timeout_s: float = 240, on_event: Event | None = None) -> list[dict[str, Any]]:
     """Roll model `ref` out to every site in `sites` at once; per site
@@ -148,11 +168,7 @@ def deploy(center: Center, ref: str | ArtifactRef, sites: list[str], serve_cfg: 
     started = time.monotonic()
     serve_cfg = serve_cfg or _default_serve()
     ref = parse_model_ref(ref) if isinstance(ref, str) else ref
-    names = list(dict.fromkeys(s.strip() for s in sites if s and s.strip()))
-    if not names:
-        raise InputError("No destination site given.", allowed=", ".join(s.name for s in center.sites()) or "none")
-    for name in names:
-        center.site(name)  # NotFoundError naming the known sites
+    names = _destinations(center, sites)
     with _exclusive(center, names, str(ref)):
         ref = center.central.resolve(ref)
         model_id = read_metadata(center.central.manifest_url(ref)).model_id
@@ -267,6 +283,19 @@ def rollback(center: Center, site: str, serve_cfg: ServeConfig | None = None, *,
 
     NotFoundError when the coordinator never rolled a model out there, or only one. A second
     rollback undoes the first (it returns to the model the rollback replaced)."""
+    current = rollback_target(center, site)
+    try:
+        return deploy(center, current["previous"], [site], serve_cfg, timeout_s=timeout_s, on_event=on_event)[0]
+    except SiteError as e:
+        if e.details.get("results"):
+            raise SiteError(f"Rollback of {site} to {current['previous']} failed: {e.details['results'][0]['error']}",
+                            hint=f"It keeps serving {current['model']}.", results=e.details["results"]) from e
+        raise
+
+
+def rollback_target(center: Center, site: str) -> dict[str, Any]:
+    """The site's current deployment row, whose `previous` a rollback returns to; NotFoundError
+    when there is nothing to roll back to."""
     center.site(site)
     current = _current(center, site)
     if current is None:
@@ -275,10 +304,4 @@ def rollback(center: Center, site: str, serve_cfg: ServeConfig | None = None, *,
     if not current["previous"]:
         raise NotFoundError(f"Nothing to roll back at {site}: {current['model']} is the first model rolled out there.",
                             hint=f"Deploy another with `adcp model deploy NAME@VERSION --to {site}`.")
-    try:
-        return deploy(center, current["previous"], [site], serve_cfg, timeout_s=timeout_s, on_event=on_event)[0]
-    except SiteError as e:
-        if e.details.get("results"):
-            raise SiteError(f"Rollback of {site} to {current['previous']} failed: {e.details['results'][0]['error']}",
-                            hint=f"It keeps serving {current['model']}.", results=e.details["results"]) from e
-        raise
+    return current

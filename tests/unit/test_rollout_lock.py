@@ -63,6 +63,10 @@ def test_a_second_rollout_to_a_busy_site_is_refused_with_409(center, monkeypatch
             assert body["error"] == "ConflictError" and body["site"] == "fab-a"
             assert body["running"]["model"] == "model/adc@1" and body["running"]["since"]
             assert "already running" in body["detail"] and "retry" in body["hint"]
+            # started as a task, the refusal is immediate too: no task is created
+            r = api.post("/api/v1/models/adc/2/deploy", params={"wait": "false"}, headers=auth, json={"to": ["fab-a"]})
+            assert r.status_code == 409 and r.json()["running"]["model"] == "model/adc@1", r.text
+            assert api.app.state.tasks.list() == []
             # the refused rollout took no lock: fab-b is free (404: no such model, not 409)
             assert api.post("/api/v1/models/adc/2/deploy", headers=auth, json={"to": ["fab-b"]}).status_code == 404
         finally:
@@ -71,3 +75,25 @@ def test_a_second_rollout_to_a_busy_site_is_refused_with_409(center, monkeypatch
             first.result(30)
     # the first rollout ended: fab-a takes rollouts again
     assert api.post("/api/v1/models/adc/2/deploy", headers=auth, json={"to": ["fab-a"]}).status_code == 404
+
+
+def test_a_rollout_as_a_task_answers_202_and_its_result_is_the_rows(center, monkeypatch):
+    monkeypatch.setattr(center.central, "resolve", lambda ref: ref)
+    seen = []
+
+    def deploy(center_, ref, sites, serve_cfg=None, *, timeout_s, on_event=None):
+        on_event(sites[0], "deploying")
+        seen.append((str(ref), sites))
+        return [{"site": sites[0], "model": str(ref), "previous": None, "seconds": 1.5, "status": "serving",
+                 "deployment_id": "d1"}]
+
+    monkeypatch.setattr(rollout, "deploy", deploy)
+    api = TestClient(create_app(center, TOKEN, monitor=_Monitor(["fab-a", "fab-b"])))
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    r = api.post("/api/v1/models/adc/3/deploy", params={"wait": "false"}, headers=auth, json={"to": ["fab-b"]})
+    assert r.status_code == 202, r.text
+    task = api.app.state.tasks.wait(r.json()["id"], 30)
+    assert task.state == "succeeded" and task.kind == "deploy" and task.result[0]["status"] == "serving"
+    assert any("fab-b: deploying" in e for e in task.events) and seen == [("model/adc@3", ["fab-b"])]
+    r = api.post("/api/v1/models/adc/9/deploy", params={"wait": "false"}, headers=auth, json={"to": ["fab-z"]})
+    assert r.status_code == 404 and "fab-z" in r.json()["detail"]  # checked before a task starts
