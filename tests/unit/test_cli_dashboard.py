@@ -9,7 +9,7 @@ from tests.platform_fixtures import run_cli
 def test_dashboard_url_without_a_coordinator_is_one_clear_line(capsys, tmp_path):
     code, out, err = run_cli(capsys, tmp_path / "home", "dashboard", "--url")
     assert code == 1 and out == ""
-    assert err.count("\n") == 1 and "coordinator is not running" in err and "adcp up" in err
+    assert err.count("\n") == 1 and "No coordinator is running" in err and "adcp up" in err
 
 
 def test_dashboard_without_an_action_is_a_usage_error(capsys, tmp_path):

@@ -8,7 +8,8 @@ import shlex
 import pytest
 
 from configs.errors import InputError
-from coordinator.jobs.planner import Need, SiteView, choose
+from configs.runs import SiteCapacity
+from coordinator.jobs.planner import Need, choose
 from karmada.discovery import site_view
 from karmada.register import pull_mode_steps
 from raycluster.gateway import resources as ray_resources
@@ -83,7 +84,7 @@ def test_sync_mode_defaults_to_push_and_endpoint_is_kept():
 
 
 def test_planner_reads_site_views_like_local_sites():
-    """How the coordinator builds its SiteView from a site view: a GPU job goes to the site with GPUs free."""
+    """How the coordinator builds its SiteCapacity from a site view: a GPU job goes to the site with GPUs free."""
     views = [
         site_view(cluster("member-a", labels={LABEL: "fab-a"},
                           summary={"allocatable": {"cpu": "8", "memory": "32Gi"}}), site_label=LABEL),
@@ -93,8 +94,14 @@ def test_planner_reads_site_views_like_local_sites():
         site_view(cluster("member-c", labels={LABEL: "fab-c"}, ready="False", message="unreachable",
                           summary={"allocatable": {"cpu": "64", "nvidia.com/gpu": "8"}}), site_label=LABEL),
     ]
-    site_views = [SiteView(v["name"], v["ready"], free=v["resources"]["available"], total=v["resources"]["total"],
-                           error=None if v["ready"] else v["ready_message"]) for v in views]
+    known = ("CPU", "GPU", "memory")
+
+    def amounts(res: dict) -> dict:
+        return {k: float(res.get(k, 0)) for k in known}
+
+    site_views = [SiteCapacity(name=v["name"], reachable=v["ready"], free=amounts(v["resources"]["available"]),
+                               total=amounts(v["resources"]["total"]),
+                               error=None if v["ready"] else v["ready_message"]) for v in views]
     site, why = choose("fab-a", Need(cpus=4, gpus=1), site_views, None)
     assert site == "fab-b", why
 
