@@ -15,7 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from configs.models import unique_names
 
-__all__ = ["FIGURES", "AlertRule", "MonitoringConfig", "default_rules"]
+__all__ = ["FIGURES", "LOGIN_TTL_S", "MAX_LOGIN_TTL_S", "AlertRule", "MonitoringConfig", "default_rules"]
+
+#: How long the big screen's one-time login address works: long enough to walk from a laptop to
+#: the wall screen; short if the URL leaks. The CLI (`adcp dashboard --url --valid-for`) and the
+#: coordinator's route share these bounds.
+LOGIN_TTL_S = 600.0
+MAX_LOGIN_TTL_S = 24 * 3600.0
 
 #: Every figure the collector produces for a site (the names of series, `latest` and alert rules).
 FIGURES = (

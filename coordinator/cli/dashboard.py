@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from coordinator.dashboard.auth import LOGIN_TTL_S, MAX_LOGIN_TTL_S
+from configs.monitoring import LOGIN_TTL_S, MAX_LOGIN_TTL_S
 
 if TYPE_CHECKING:
     from coordinator.cli.context import Context
@@ -31,7 +31,8 @@ def dashboard_cmd(ctx: Context, print_url: bool, valid_for_s: float, as_json: bo
     `adcp dashboard --url` prints an address with a login token that works once and expires, so an
     operator can put the screen up without typing the API token. The coordinator must be running
     (`adcp up`)."""
-    from coordinator.cli.context import console, err_console, print_json as _print_json
+    from coordinator.cli.context import console, err_console
+    from coordinator.cli.context import print_json as _print_json
 
     if not (print_url or as_json):
         raise click.UsageError("Say what to do: `adcp dashboard --url` prints the one-time login address.")

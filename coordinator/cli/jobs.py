@@ -12,16 +12,20 @@ from rich.markup import escape
 from rich.table import Column, Table
 
 from configs.errors import JobError
+from configs.loader import validate
+from configs.runs import TERMINAL as RUN_TERMINAL
+from configs.runs import RunRequest
 from coordinator.cli.context import Context, console, err_console, json_option, pass_ctx, print_json, timeout_option
 
 __all__ = ["TERMINAL", "add_commands", "follow_job"]
 
-TERMINAL = ("succeeded", "failed", "stopped")
+TERMINAL = tuple(s.value for s in RUN_TERMINAL)
 
 
 def _start(ctx: Context, body: dict[str, Any], detach: bool, timeout_s: float, as_json: bool) -> None:
     """Plan, start and follow a run the coordinator owns; print its outcome."""
     body = {k: v for k, v in body.items() if v is not None}
+    validate(RunRequest, body, "the run request")  # the coordinator checks it too; fail here before any call
     client = ctx.client
     plan = client.call("POST", "/jobs/plan", json=body)
     if not as_json:

@@ -184,7 +184,8 @@ def site_discover(ctx: Context, as_json: bool, kubeconfig: str | None, context: 
     from rich.markup import escape
     from rich.table import Table
 
-    from coordinator.cli.context import console, print_json as _print_json
+    from coordinator.cli.context import console
+    from coordinator.cli.context import print_json as _print_json
     from karmada.discovery import discover
 
     with _connect(ctx, kubeconfig, context) as kube:

@@ -11,7 +11,7 @@ import click
 from rich.markup import escape
 from rich.table import Column, Table
 
-from configs.errors import AdcpError, NotFoundError
+from configs.errors import AdcpError, InputError, NotFoundError
 from coordinator.cli.context import (
     Context,
     console,
@@ -91,10 +91,14 @@ def model_deploy(ctx: Context, model_ref: str, to: str, replicas: int | None, ti
     sites = split_names(to)
     if not sites:
         raise click.UsageError("--to needs at least one site name.")
-    ref = model_ref.split("/", 1)[1] if model_ref.startswith("model/") else model_ref
+    kind, slash, ref = model_ref.rpartition("/")
+    if slash and kind != "model":
+        raise InputError(f'Got "{model_ref}"; only models are rolled out to Serve apps.',
+                         allowed="NAME@VERSION or model/NAME@VERSION")
     name, _, version = ref.partition("@")
-    if not version:
-        raise click.UsageError("Give the version: NAME@VERSION (see `adcp model list`).")
+    if not name or not version:
+        raise InputError(f'"{model_ref}" does not name a model version.', allowed="NAME@VERSION or model/NAME@VERSION",
+                         hint="See `adcp model list`.")
     body = {"to": sites, "timeout_s": timeout_s, **({"replicas": replicas} if replicas else {})}
     _run(ctx, f"/models/{name}/{version}/deploy", body, as_json, timeout_s)
 

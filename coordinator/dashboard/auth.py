@@ -19,11 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from configs.errors import AdcpError, InputError
+from configs.monitoring import LOGIN_TTL_S, MAX_LOGIN_TTL_S
 
 __all__ = ["LOGIN_TTL_S", "MAX_LOGIN_TTL_S", "SESSION_TTL_S", "DashboardAuth", "Issued", "LoginRefusedError"]
 
-LOGIN_TTL_S = 600.0  # long enough to walk from a laptop to the wall screen; short if the URL leaks
-MAX_LOGIN_TTL_S = 24 * 3600.0
 SESSION_TTL_S = 12 * 3600.0  # one shift on a wall screen; then `adcp dashboard --url` again
 
 _SCHEMA = """

@@ -18,16 +18,18 @@ from typing import Any
 
 import httpx
 import pytest
+from ray.job_submission import JobStatus, JobSubmissionClient
 
 from configs.models import LocalSiteConfig, SynthConfig, TrainConfig
+from configs.protocol import entrypoint
 from coordinator.center import bundle
-from coordinator.jobs import entrypoint as jobs
 from data.artifacts import ArtifactRef, ArtifactStore
 from data.dataset import write_synthetic
 from data.model_format import read_metadata
 from data.publish import publish_artifact
 from data.transfer import copy_artifact
 from raycluster import LocalSite, running_site
+from tests.waiting import wait_for
 from train_jobs.checkpoints import read_checkpoint_state
 
 pytestmark = pytest.mark.integration
@@ -75,10 +77,14 @@ def _train(env: Site, version: str, **options: Any) -> Run:
         storage_path=(env.home / "checkpoints").as_uri(), model_name="adc-tiny", model_version=version,
         width=8, batch_size=32, site=env.site.name, artifact_store=env.store.url, **options,
     )
-    job_id = jobs.submit(env.site.dashboard_url, env.site.headers(), cfg, env.code_uri,
-                         env={"OMP_NUM_THREADS": "1"})
-    outcome = jobs.follow(env.site.dashboard_url, env.site.headers(), job_id, timeout_s=240)
-    return Run(cfg, outcome.logs)
+    # Submitted with Ray's own client, as an engineer with `adcp site env` would
+    client = JobSubmissionClient(address=env.site.dashboard_url, headers=env.site.headers())
+    job_id = client.submit_job(entrypoint=entrypoint(cfg), entrypoint_num_cpus=0,
+                               runtime_env={"working_dir": env.code_uri, "env_vars": {"OMP_NUM_THREADS": "1"}})
+    wait_for(lambda: client.get_job_status(job_id).is_terminal(), 240, f"training job {job_id}", poll_s=1)
+    logs = client.get_job_logs(job_id)
+    assert client.get_job_status(job_id) == JobStatus.SUCCEEDED, logs[-3000:]
+    return Run(cfg, logs)
 
 
 @pytest.fixture(scope="module")
