@@ -38,7 +38,7 @@ import httpx  # noqa: E402
 
 from coordinator import process as server  # noqa: E402
 from coordinator.center.core import Center  # noqa: E402
-from coordinator.jobs import rollout
+from coordinator.jobs import rollout  # noqa: E402
 from data.publish import publish_artifact  # noqa: E402
 from tests.platform_fixtures import platform_yaml  # noqa: E402
 from tests.serve_fixtures import export_tiny_model, synth_png  # noqa: E402
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
             if args.cli:
                 walls, reported = [], []
                 served = rollout.served_models(center)["fab-a"]
-                for i in range(args.cli):
+                for _ in range(args.cli):
                     version = "1" if served.endswith("@2") else "2"
                     t0 = time.monotonic()
                     out = subprocess.run([str(ADCP), "--home", str(home), "model", "deploy",

@@ -93,10 +93,10 @@ def bench_local(args, root: Path, folder: Path, central: ArtifactStore, ref) -> 
     ours, cp, floor, checked = [], [], [], []
     for i in range(args.reps):
         dst = root / f"local-{i}"
-        ours.append(timed(lambda: copy_artifact(central, ArtifactStore(dst), ref, workers=args.workers)))
+        ours.append(timed(lambda dst=dst: copy_artifact(central, ArtifactStore(dst), ref, workers=args.workers)))
         shutil.rmtree(dst)
         target = root / f"cp-{i}"
-        cp.append(timed(lambda: subprocess.run(["cp", "-r", str(folder), str(target)], check=True)))
+        cp.append(timed(lambda target=target: subprocess.run(["cp", "-r", str(folder), str(target)], check=True)))
         # What verification alone costs: sha256 of the copied bytes, on every core.
         floor.append(sha256_floor(target))
         checked.append(cp[-1] + floor[-1])
@@ -117,9 +117,9 @@ def bench_s3(args, server, folder: Path, central: ArtifactStore, ref) -> dict:
     ours, put = [], []
     for _ in range(args.reps):
         dst = ArtifactStore(server.url(), server.storage_options)
-        ours.append(timed(lambda: copy_artifact(central, dst, ref, workers=args.workers)))
+        ours.append(timed(lambda dst=dst: copy_artifact(central, dst, ref, workers=args.workers)))
         target = f"{server.bucket}/put-{os.urandom(4).hex()}"
-        put.append(timed(lambda: fs.put(str(folder), target, recursive=True)))
+        put.append(timed(lambda target=target: fs.put(str(folder), target, recursive=True)))
     return {
         "copy_artifact_s": median(ours),
         "fsspec_put_s": median(put),

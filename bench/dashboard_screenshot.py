@@ -45,7 +45,8 @@ def main() -> None:
     ap.add_argument("--traffic-s", type=float, default=90)
     args = ap.parse_args()
     home = Path(tempfile.mkdtemp(prefix="adcp-screenshot-")) / "home"
-    sites = {"fab-a": {"num_cpus": 4, "object_store_mb": 300}, "fab-b": {"num_cpus": 4, "num_gpus": 2, "object_store_mb": 300}}
+    sites = {"fab-a": {"num_cpus": 4, "object_store_mb": 300},
+             "fab-b": {"num_cpus": 4, "num_gpus": 2, "object_store_mb": 300}}
     with running_platform(home, sites):
         run = lambda *a: adcp(["--home", str(home), *a])  # noqa: E731
         assert run("data", "synth", "--name", "aoi", "--images", "1200") == 0
@@ -59,10 +60,11 @@ def main() -> None:
         loader = threading.Thread(target=_traffic, args=(urls, stop), daemon=True)
         loader.start()
         try:
+            # let the sparklines and counters fill: this is a picture, not a test
             time.sleep(args.traffic_s)
             metrics = httpx.get(read_state("fab-b", home).metrics_url + "/metrics", timeout=30).text
             adc = sorted({ln.split("{")[0] for ln in metrics.splitlines() if ln.startswith("ray_adc")})
-            print("ADC series on fab-b's metrics endpoint:", adc or "none", flush=True)  # let the sparklines and counters fill: this is a picture, not a test
+            print("ADC series on fab-b's metrics endpoint:", adc or "none", flush=True)
             import contextlib
             import io
 
