@@ -80,7 +80,8 @@ def add_platform_routes(app: FastAPI, center: Center, tasks: TaskRunner, local_s
                 "gateway": center.site(name).gateway.kind}
 
     @app.post(f"{_PREFIX}/sites/{{name}}/classify", tags=["sites"])
-    def classify(name: str, files: list[UploadFile] = File(..., description="Images (PNG, JPEG, ...)")) -> dict[str, Any]:
+    def classify(name: str,
+                 files: list[UploadFile] = File(..., description="Images (PNG, JPEG, ...)")) -> dict[str, Any]:
         """Classify images at a site's ADC app, through the site gateway: one result per file."""
         if len(files) > MAX_CLASSIFY_FILES:
             raise InputError(f"Got {len(files)} images.", allowed=f"at most {MAX_CLASSIFY_FILES} per call")

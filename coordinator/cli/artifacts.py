@@ -85,7 +85,8 @@ def data_synth(ctx: Context, name, images, size, seed, preview, as_json) -> None
         raise click.UsageError("Give --name NAME to make a dataset, --preview FILE for a contact sheet, or both.")
     if name and not _NAME.match(name):
         raise InputError(f'Got "{name}" for a new dataset name.',
-                         allowed="a NAME of lower-case letters, digits, '.', '_' and '-'; versions are numbered for you")
+                         allowed="a NAME of lower-case letters, digits, '.', '_' and '-'; "
+                         "versions are numbered for you")
     overrides = {k: v for k, v in {"images": images, "size": size, "seed": seed}.items() if v is not None}
     cfg = validate(SynthConfig, {**ctx.defaults.synth.model_dump(), **overrides}, "synth options")
     out: dict[str, Any] = {}
@@ -105,7 +106,8 @@ def data_synth(ctx: Context, name, images, size, seed, preview, as_json) -> None
                 ds = write_synthetic(Path(tmp).as_uri(), cfg, name=name, version=up.version,
                                      on_progress=lambda n: bar.advance(task, n))
             m = ds.manifest
-            done = _upload(ctx, Path(tmp), "dataset", name, None, {"rows": m["rows"], "class_counts": m["class_counts"], "dataset_sha256": m["sha256"]}, as_json, upload=up)
+            meta = {"rows": m["rows"], "class_counts": m["class_counts"], "dataset_sha256": m["sha256"]}
+            done = _upload(ctx, Path(tmp), "dataset", name, None, meta, as_json, upload=up)
         out.update(dataset=ds.dataset_id, artifact=done["artifact"], rows=m["rows"], class_counts=m["class_counts"],
                    sha256=ds.sha256, bytes=done["bytes"], bytes_sent=done["bytes_sent"])
         if not as_json:
@@ -147,7 +149,8 @@ def _meta_of(kind: str, source: Path) -> dict[str, Any]:
 
 @click.command("upload")
 @click.argument("source", type=click.Path(path_type=Path, exists=True))
-@click.option("--as", "as_ref", required=True, help="KIND/NAME[@VERSION] to publish it as (default version: next number).")
+@click.option("--as", "as_ref", required=True,
+              help="KIND/NAME[@VERSION] to publish it as (default version: next number).")
 @json_option
 @pass_ctx
 def upload(ctx: Context, source: Path, as_ref: str, as_json: bool) -> None:
@@ -239,8 +242,8 @@ def verify(ctx: Context, artifact: str, where: str, repair: bool, timeout_s: flo
     if as_json:
         print_json(result)
     elif result["ok"] or len(result.get("bad", [])) == len(result.get("repaired", [])):
-        console.print(f"{result['ref']} at {where}: ok" + (f", repaired {result['repaired']}" if result.get("repaired") else ""),
-                      highlight=False)
+        repaired = f", repaired {result['repaired']}" if result.get("repaired") else ""
+        console.print(f"{result['ref']} at {where}: ok{repaired}", highlight=False)
     else:
         console.print(f"{result['ref']} at {where}: [red]bad objects[/] {result['bad']} (run with --repair)")
     if result.get("bad") and not repair:

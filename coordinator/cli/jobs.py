@@ -55,7 +55,8 @@ def follow_job(ctx: Context, job_id: str, timeout_s: float, as_json: bool) -> di
             if job["attempts"]:
                 a = job["attempts"][-1]
                 home = len((job.get("outcome") or {}).get("checkpoints") or [])
-                spinner.update(f"job {job_id}: {job['status']} at {a['site']} (attempt {a['n']}), {home} checkpoints home")
+                spinner.update(f"job {job_id}: {job['status']} at {a['site']} (attempt {a['n']}), "
+                               f"{home} checkpoints home")
             if job["status"] in TERMINAL:
                 break
             if time.monotonic() > deadline:
@@ -68,11 +69,13 @@ def follow_job(ctx: Context, job_id: str, timeout_s: float, as_json: bool) -> di
             console.print(f"  attempt {a['n']} at {a['site']} {a['status']}: {escape(a['error'])}", soft_wrap=True)
     outcome = job.get("outcome") or {}
     result = {"job_id": job["id"], "status": job["status"], "error": job["error"],
-              **{k: outcome.get(k) for k in ("ran_at", "model", "metrics", "checkpoints", "deployed", "seconds", "best")}}
+              **{k: outcome.get(k)
+                 for k in ("ran_at", "model", "metrics", "checkpoints", "deployed", "seconds", "best")}}
     if as_json:
         print_json(result)
     elif job["status"] == "succeeded":
-        console.print(f"model [cyan]{result['model']}[/] for {job['origin']}, trained at {' -> '.join(result['ran_at'])}")
+        console.print(f"model [cyan]{result['model']}[/] for {job['origin']}, "
+                      f"trained at {' -> '.join(result['ran_at'])}")
         console.print("validation: " + ", ".join(f"{k} {v:.4f}" for k, v in (result["metrics"] or {}).items()
                                                  if isinstance(v, float)), highlight=False)
         if result.get("best"):

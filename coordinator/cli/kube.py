@@ -50,7 +50,8 @@ def _connect(ctx: Context, kubeconfig: str | None, context: str | None) -> Kube:
 
 @click.command("render")
 @click.option("--target", type=click.Choice(["kuberay", "karmada"]), required=True,
-              help="kuberay: each site's objects for kubectl; karmada: templates and policies for the Karmada apiserver.")
+              help="kuberay: each site's objects for kubectl; "
+              "karmada: templates and policies for the Karmada apiserver.")
 @click.option("--site", "sites", multiple=True, help="A kuberay site to render (repeat; default: all of them).")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True, help="Folder to write into.")
 @click.option("--model-uri", default=None, help="Model the RayService serves (default: the serve defaults).")
@@ -70,7 +71,8 @@ def render_cmd(ctx: Context, target: str, sites: tuple[str, ...], out: Path, mod
 @click.option("--dry-run", is_flag=True, help="Ask the apiserver to validate only (dryRun=All); nothing is stored.")
 @_kube_options
 @click.pass_obj
-def apply_cmd(ctx: Context, paths: tuple[Path, ...], dry_run: bool, kubeconfig: str | None, context: str | None) -> None:
+def apply_cmd(ctx: Context, paths: tuple[Path, ...], dry_run: bool, kubeconfig: str | None,
+              context: str | None) -> None:
     """Server-side apply YAML files or folders (from `adcp render`) to the Karmada apiserver."""
     from coordinator.cli.context import console
     from karmada import render
@@ -120,7 +122,8 @@ def rebalance_cmd(ctx: Context, sites: tuple[str, ...], all_sites: bool, name: s
     failed = []
     for observed in done["status"]["observedWorkloads"]:
         w = observed["workload"]
-        line = f"{w['kind']}/{w['name']}: {observed['result']}" + (f" ({observed['reason']})" if observed.get("reason") else "")
+        reason = f" ({observed['reason']})" if observed.get("reason") else ""
+        line = f"{w['kind']}/{w['name']}: {observed['result']}{reason}"
         console.print(line, highlight=False, soft_wrap=True, markup=False)
         if observed["result"] != "Successful":
             failed.append(line)
@@ -195,8 +198,8 @@ def site_discover(ctx: Context, as_json: bool, kubeconfig: str | None, context: 
     table = Table("site", "cluster", "ready", "sync", "CPU free/total", "GPU free/total")
     for v in views:
         tot, free = v["resources"]["total"], v["resources"]["available"]
-        table.add_row(escape(v["name"]), escape(v["cluster"]), "yes" if v["ready"] else f"no ({escape(v['ready_message'])})",
-                      escape(v["sync_mode"]),
+        ready = "yes" if v["ready"] else f"no ({escape(v['ready_message'])})"
+        table.add_row(escape(v["name"]), escape(v["cluster"]), ready, escape(v["sync_mode"]),
                       f"{free['CPU']:g}/{tot['CPU']:g}", f"{free['GPU']:g}/{tot['GPU']:g}")
     console.print(table)
 

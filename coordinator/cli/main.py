@@ -26,7 +26,8 @@ __all__ = ["cli", "main"]
 @click.option("--home", type=click.Path(path_type=Path), default=None,
               help="Platform home of a local coordinator (`adcp up`): its token, pid file and local sites "
               "(default $ADCP_HOME, else ~/.adcp). Given here, it beats a saved context.")
-@click.option("--context", "context_name", default=None, help="A context saved by `adcp login` (see `adcp context list`).")
+@click.option("--context", "context_name", default=None,
+              help="A context saved by `adcp login` (see `adcp context list`).")
 @click.option("--config", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Defaults YAML (default: configs/defaults.yaml).")
 @click.option("--platform", type=click.Path(path_type=Path, dir_okay=False), envvar="ADCP_PLATFORM", default=None,
@@ -84,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # anything else is our bug: still one line unless --debug
         if debug:
             raise
-        err_console.print(f"[red]error:[/] unexpected {type(e).__name__}: {escape(str(e))} (run with --debug for the traceback)",
-                          highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/] unexpected {type(e).__name__}: {escape(str(e))} "
+                          "(run with --debug for the traceback)", highlight=False, soft_wrap=True)
         return 1
     return 0
 

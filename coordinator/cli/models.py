@@ -50,7 +50,8 @@ def model_list(ctx: Context, as_json: bool) -> None:
     for r in rows:
         metrics = ", ".join(f"{k} {v:.3f}" for k, v in r["metrics"].items() if isinstance(v, float) and k in
                             ("accuracy", "automation_rate", "auto_precision", "escape_rate"))
-        table.add_row(escape(r["ref"]), fmt_bytes(r["bytes"]), metrics or "-", escape(", ".join(r["serving_at"]) or "-"))
+        table.add_row(escape(r["ref"]), fmt_bytes(r["bytes"]), metrics or "-",
+                      escape(", ".join(r["serving_at"]) or "-"))
     console.print(table)
 
 
@@ -67,7 +68,8 @@ def _print_rows(rows: list[dict[str, Any]]) -> None:
             console.print(f"{escape(r['site'])}: {escape(r['error'])}", soft_wrap=True)
 
 
-def _run(ctx: Context, path: str, body: dict[str, Any], as_json: bool, timeout_s: float, *, single: bool = False) -> None:
+def _run(ctx: Context, path: str, body: dict[str, Any], as_json: bool, timeout_s: float, *,
+         single: bool = False) -> None:
     """Start a rollout task; follow it; print every site's row (also when some failed)."""
     task = ctx.client.call("POST", path, params={"wait": "false"}, json=body)
     task = follow_task(ctx.client, task, err_console, timeout_s=timeout_s + 30, quiet=as_json)
@@ -136,7 +138,8 @@ def classify(ctx: Context, images: tuple[Path, ...], site: str, as_json: bool) -
         return print_json(results)
     table = Table(Column("file", overflow="fold"), "class", "conf", "decision", Column("model", overflow="fold"))
     for r in results:
-        table.add_row(escape(r["file"]), r["class"], f"{r['confidence']:.3f}", r["decision"], escape(r["model_version"]))
+        table.add_row(escape(r["file"]), r["class"], f"{r['confidence']:.3f}", r["decision"],
+                      escape(r["model_version"]))
     console.print(table)
 
 

@@ -75,7 +75,8 @@ def status(ctx: Context, as_json: bool, wide: bool) -> None:
         cells = [escape(r["name"]), "yes" if r["reachable"] else "[red]no[/]", _cap(res, "CPU"), _cap(res, "GPU"),
                  str(len(r.get("jobs", {}).get("running", []))), escape(apps)]
         if wide:
-            cells[2:2] = [r.get("ray_version", "-"), _cap(res, "memory", 2**30), escape(f"{r['store']} ({r['transfer']})")]
+            cells[2:2] = [r.get("ray_version", "-"), _cap(res, "memory", 2**30),
+                          escape(f"{r['store']} ({r['transfer']})")]
         table.add_row(*cells)
     console.print(table)
     for r in rows:

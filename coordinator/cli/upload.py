@@ -60,7 +60,8 @@ class Upload:
         files = files_of(source)
         declared = [{"path": rel, "size": os.path.getsize(p), "sha256": sha256_file(p)} for rel, p in files]
         by_sha = {d["sha256"]: p for d, (_, p) in zip(declared, files)}
-        answer = self.client.call("POST", f"/uploads/{self.id}/files", json={"files": declared, **({"meta": meta} if meta is not None else {})})
+        body: dict[str, Any] = {"files": declared, **({"meta": meta} if meta is not None else {})}
+        answer = self.client.call("POST", f"/uploads/{self.id}/files", json=body)
         missing = answer["missing"]
         if on_plan:
             on_plan(sum(m["size"] - m["received"] for m in missing), len(missing))

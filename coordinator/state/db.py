@@ -178,7 +178,8 @@ class State:
     def deployments(self, site: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         """Newest first."""
         if site:
-            rows = self._exec("SELECT * FROM deployments WHERE site = ? ORDER BY started_at DESC LIMIT ?", (site, limit))
+            rows = self._exec("SELECT * FROM deployments WHERE site = ? ORDER BY started_at DESC LIMIT ?",
+                              (site, limit))
         else:
             rows = self._exec("SELECT * FROM deployments ORDER BY started_at DESC LIMIT ?", (limit,))
         return [dict(r) for r in rows]

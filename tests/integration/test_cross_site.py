@@ -26,7 +26,8 @@ from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
-SITES = {"fab-a": {"num_cpus": 4, "object_store_mb": 300}, "fab-b": {"num_cpus": 4, "num_gpus": 2, "object_store_mb": 300}}
+SITES = {"fab-a": {"num_cpus": 4, "object_store_mb": 300},
+         "fab-b": {"num_cpus": 4, "num_gpus": 2, "object_store_mb": 300}}
 HOME: list[Path] = []
 
 

@@ -141,4 +141,5 @@ def test_code_bundle_is_deterministic_and_one_folder(tmp_path):
     again = bundle.publish(store)
     assert first == again and first.uri.endswith(".zip") and first.sha256 in first.uri
     assert [(m.kind, m.name, m.version) for m in store.list()] == [("code", "adcp", first.version)]
-    assert store.manifest(ArtifactRef("code", "adcp", first.version)).meta["entrypoints"]["serve"] == "serve_apps.adc:app"
+    meta = store.manifest(ArtifactRef("code", "adcp", first.version)).meta
+    assert meta["entrypoints"]["serve"] == "serve_apps.adc:app"
