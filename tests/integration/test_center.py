@@ -16,8 +16,8 @@ import pytest
 
 from coordinator import process as server
 from coordinator.center.core import Center
-from coordinator.process import read_token, token_path
 from coordinator.cli.main import main
+from coordinator.process import read_token, token_path
 from data.artifacts import ArtifactRef, ArtifactStore
 from data.publish import publish_artifact
 from tests.registry_server import registry_server  # noqa: F401
@@ -42,6 +42,7 @@ def home(tmp_path, monkeypatch):
     platform.write_text(PLATFORM)
     monkeypatch.setenv("ADCP_HOME", str(home))
     monkeypatch.setenv("ADCP_PLATFORM", str(platform))
+    server.start(home, platform)  # the CLI is a client: every command goes to this coordinator
     yield home
     server.stop(home)
 
@@ -118,7 +119,9 @@ def test_push_to_a_site_on_s3(home, tmp_path, capsys, s3_server, monkeypatch):  
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret)
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    center = Center.open(home)
+    # store credentials are the coordinator's (it does the copying): restart it with them
+    assert server.stop(home)
+    server.start(home)
     # the site's store options carry the endpoint; credentials come from the environment
     code, _, err = _cli(capsys, "site", "add", "fab-s3", "--dashboard", "http://127.0.0.1:9", "--store",
                         s3_server.url("fab-s3"), "--store-options",
@@ -215,8 +218,6 @@ def test_image_push_lands_in_the_site_registry(home, tmp_path, capsys, registry_
 def test_killed_push_shows_no_half_artifact_and_resumes_with_the_rest(home, tmp_path, capsys):
     import os
     import signal
-    import subprocess
-    import sys
 
     assert _cli(capsys, "site", "add", "fab-x", "--dashboard", "http://127.0.0.1:9", "--store",
                 str(tmp_path / "fab-x-store"))[0] == 0
@@ -227,21 +228,23 @@ def test_killed_push_shows_no_half_artifact_and_resumes_with_the_rest(home, tmp_
     def landed() -> list[Path]:
         return [p for p in objects.glob("*/*") if ".part-" not in p.name] if objects.exists() else []
 
-    cmd = [sys.executable, "-m", "coordinator.cli.main", "--home", str(home), "push", str(ref), "--to", "fab-x",
-           "--max-mbps", "6", "--json"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy())
+    # the push runs inside the coordinator (killing the CLI would not stop it): kill the coordinator
+    code, out, err = _cli(capsys, "push", str(ref), "--to", "fab-x", "--max-mbps", "6", "--detach", "--json")
+    assert code == 0, err
+    pid = server.running(home)["pid"]
     try:
         wait_for(lambda: len(landed()) >= 4, 60, "some objects to land at fab-x")
     finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: server.running(home) is None, 30, "the killed coordinator to be gone")
     done = landed()
     assert 4 <= len(done) < 24
     assert center.store("fab-x").list() == []  # no manifest, so no artifact
+    server.start(home)
     code, out, _ = _cli(capsys, "artifacts", "--site", "fab-x", "--json")
     assert json.loads(out) == []
     code, out, _ = _cli(capsys, "transfers", "--json")
-    assert [r["status"] for r in json.loads(out)] == ["failed"]  # its process is gone
+    assert [r["status"] for r in json.loads(out)] == ["failed"]  # the process that ran it is gone
 
     code, out, err = _cli(capsys, "push", str(ref), "--to", "fab-x", "--json")
     assert code == 0, err
