@@ -20,9 +20,8 @@ import uvicorn
 from fastapi import FastAPI
 
 from coordinator.api.auth import install_door
-from coordinator.process import read_token
 from coordinator.dashboard.routes import add_dashboard_routes
-from coordinator.server import running
+from coordinator.process import read_token, running
 from coordinator.state.db import State
 from tests.dashboard_fakes import FakeMonitor
 from tests.platform_fixtures import run_cli, running_platform

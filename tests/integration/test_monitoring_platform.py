@@ -13,9 +13,8 @@ import httpx
 import pytest
 
 from coordinator.center.core import Center
-from coordinator.process import read_token
 from coordinator.monitoring.collect import SiteReader
-from coordinator.server import running
+from coordinator.process import read_token, running
 from raycluster.gateway import DirectGateway
 from raycluster.local import read_state
 from tests.platform_fixtures import run_cli, running_platform
