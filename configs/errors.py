@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+__all__ = ["AdcpError", "ConfigError", "InputError", "PayloadTooLargeError", "UnsupportedMediaError", "NotFoundError",
+           "IntegrityError", "ConflictError", "SiteError", "JobError", "ModelUnavailableError", "KubeError",
+           "KubeTimeoutError"]
+
 
 class AdcpError(Exception):
     """Base of every error meant for a user of the platform.

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data.artifacts import ArtifactRef, ArtifactStore
+
+__all__ = ["SITE_PACKAGES", "BUNDLE_NAME", "BUNDLE_FILE", "ENTRYPOINTS", "CodeBundle", "build_zip", "publish"]
 from data.publish import publish_artifact
 
 #: Packages a site runs: the train job, the Serve app, and what they import.

@@ -1,0 +1,3 @@
+"""The `adcp` command line, a client of the coordinator's HTTP API."""
+
+__all__: list[str] = []

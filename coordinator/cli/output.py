@@ -13,6 +13,8 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+__all__ = ["progress", "transfer_progress", "follow_task"]
+
 
 def progress(console: Console, *, transient: bool = False) -> Progress:
     """A bar with description, count and elapsed time, for transfers, synthesis and epochs."""

@@ -1,0 +1,3 @@
+"""The web dashboard: its routes, login links and static files."""
+
+__all__: list[str] = []

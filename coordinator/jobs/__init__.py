@@ -1,0 +1,3 @@
+"""Cross-site training runs, their planning, model rollouts and Serve deployment."""
+
+__all__: list[str] = []

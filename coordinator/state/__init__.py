@@ -1,0 +1,3 @@
+"""The coordinator's SQLite state."""
+
+__all__: list[str] = []
