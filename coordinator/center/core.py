@@ -31,6 +31,8 @@ from data.transfer import copy_artifact
 from raycluster.gateway import SiteGateway, gateway_for, site_status
 from raycluster.local import read_state
 
+__all__ = ["CENTER", "PushPlan", "PushOutcome", "Center"]
+
 CENTER = "center"
 
 Progress = Callable[[str, int, int], None]  # (site, bytes_delta, objects_delta)
@@ -128,7 +130,8 @@ class Center:
         if any(s.name == name for s in self.sites()):
             raise InputError(f"A site named {name} is already registered.",
                              hint=f"Remove it first with `adcp site remove {name}`.")
-        spec = {"name": name, "store": {"url": store, "options": store_options or {}}, "transfer": transfer, "registry": registry,
+        spec = {"name": name, "store": {"url": store, "options": store_options or {}}, "transfer": transfer,
+                "registry": registry,
                 "labels": labels or {},
                 "gateway": {"kind": "direct", "dashboard": dashboard, "serve": serve, "metrics": metrics,
                             "token_file": token_file}}

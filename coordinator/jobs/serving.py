@@ -16,6 +16,9 @@ import httpx
 from configs.errors import AdcpError, SiteError
 from configs.models import ServeConfig
 
+__all__ = ["IMPORT_PATH", "DEPLOYMENT", "serve_config", "deploy", "app_status", "wait_serving", "classify_batch",
+           "classify_one"]
+
 IMPORT_PATH = "serve_apps.adc:app"
 DEPLOYMENT = "ADCDeployment"
 _POLL_S = 0.5

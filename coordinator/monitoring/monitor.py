@@ -227,7 +227,8 @@ class Monitor:
         totals = {"sites": len(sites), "up": sum(s["health"] != "down" for s in sites),
                   "down": sum(s["health"] == "down" for s in sites), "warn": sum(s["health"] == "warn" for s in sites),
                   "jobs_running": sum(s["jobs"]["running"] for s in sites),
-                  "inference_rps": round(sum(s["latest"].get("inference_rps", 0.0) for s in sites if s["reachable"]), 3),
+                  "inference_rps": round(sum(s["latest"].get("inference_rps", 0.0)
+                                             for s in sites if s["reachable"]), 3),
                   "images_total": int(sum(s["latest"].get("images_total", 0.0) for s in sites)),
                   "gpus_total": _gpus_total(configs), "alerts_active": len(alerts)}
         return {"generated_at": iso(now), "interval_s": self.config.interval_s, "totals": totals,
@@ -340,4 +341,5 @@ def parse_since(text: str | None, now: float | None = None) -> float | None:
             except ValueError:
                 pass
     raise InputError(f'Got "{text}" for since.',
-                     allowed="unix seconds (1767225600), ISO 8601 (2026-01-01T00:00:00Z) or relative (-1h, -30m, -90s, -2d)")
+                     allowed="unix seconds (1767225600), ISO 8601 (2026-01-01T00:00:00Z) "
+                     "or relative (-1h, -30m, -90s, -2d)")

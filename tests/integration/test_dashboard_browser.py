@@ -97,7 +97,8 @@ def test_big_screen_on_a_real_platform(platform_home, browser, capsys):
 
         # Both sites read at least once (their tiles show memory), then page and API agree.
         wait_for(lambda: all(screen.value(f"{s}:mem_total") for s in ("fab-a", "fab-b")), UP_S, "memory on both tiles")
-        wait_for(lambda: _same_figures(screen, _api_overview(platform_home)), 60, "the page's figures to equal the API's")
+        wait_for(lambda: _same_figures(screen, _api_overview(platform_home)), 60,
+                 "the page's figures to equal the API's")
         ARTIFACTS.mkdir(exist_ok=True)
         wait_for(lambda: screen.page.locator('.tile[data-site="fab-a"] .spark .uplot').count() > 0, 60, "sparklines")
         screen.page.screenshot(path=str(ARTIFACTS / "dashboard.png"))
@@ -154,7 +155,8 @@ def fake_coordinator(tmp_path_factory):
 
 
 def test_hundred_sites_sort_down_first_and_page(fake_coordinator, browser):
-    url = httpx.post(f"{fake_coordinator.base}/api/v1/dashboard/logins", headers={"Authorization": "Bearer t"}).json()["url"]
+    url = httpx.post(f"{fake_coordinator.base}/api/v1/dashboard/logins",
+                     headers={"Authorization": "Bearer t"}).json()["url"]
     screen = Page(browser)
     try:
         screen.page.goto(url)

@@ -161,7 +161,8 @@ def test_monitoring_logs_and_bad_credentials(platform, tmp_path, capsys):
         return sites if all(s["health"] == "ok" and s["latest"].get("mem_total") for s in sites.values()) else None
 
     sites = wait_for(both_ok, 60, "both sites ok in the monitor's overview")
-    assert sites["fab-a"]["dashboard_url"].startswith(proxy.url + "/apis/cluster.karmada.io/v1alpha1/clusters/member-fab-a/")
+    member_a = "/apis/cluster.karmada.io/v1alpha1/clusters/member-fab-a/"
+    assert sites["fab-a"]["dashboard_url"].startswith(proxy.url + member_a)
 
     # a training run's Ray job log, read through the proxy (`adcp logs`)
     job = JobRecords(Center.open(platform).state).list(1)[0].model_dump(mode="json")
@@ -171,13 +172,15 @@ def test_monitoring_logs_and_bad_credentials(platform, tmp_path, capsys):
 
     bad = proxy.kubeconfig(tmp_path / "bad.kubeconfig", token="not-the-token")
     site = SiteConfig.model_validate({"name": "fab-x", "store": {"url": str(tmp_path / "s")},
-                                      "gateway": {"kind": "karmada", "cluster": "member-fab-a", "kubeconfig": str(bad)}})
+                                      "gateway": {"kind": "karmada", "cluster": "member-fab-a",
+                                                  "kubeconfig": str(bad)}})
     status = site_status(gateway_for(site))
     assert not status["reachable"] and "401" in status["error"], status
 
     good = proxy.kubeconfig(tmp_path / "good.kubeconfig")
     gone = SiteConfig.model_validate({"name": "fab-y", "store": {"url": str(tmp_path / "s")},
-                                      "gateway": {"kind": "karmada", "cluster": "member-gone", "kubeconfig": str(good)}})
+                                      "gateway": {"kind": "karmada", "cluster": "member-gone",
+                                                  "kubeconfig": str(good)}})
     gw = gateway_for(gone)
     assert isinstance(gw, KarmadaSiteGateway)
     assert gw.base_url("dashboard") == (proxy.url + "/apis/cluster.karmada.io/v1alpha1/clusters/member-gone/proxy"
