@@ -23,18 +23,20 @@ from configs.errors import AdcpError, InputError
 from coordinator.api.auth import install_door
 from coordinator.api.job_routes import add_job_routes
 from coordinator.api.model_routes import add_model_routes
+from coordinator.api.monitoring_routes import add_monitoring_routes
 from coordinator.api.platform_routes import add_platform_routes, principal_name
 from coordinator.api.upload_routes import add_upload_routes
-from coordinator.api.monitoring_routes import add_monitoring_routes
 from coordinator.api.user_routes import add_user_routes
+from coordinator.center.core import CENTER, Center
 from coordinator.center.local_sites import LocalSites
 from coordinator.center.uploads import Uploads
-from coordinator.jobs.tasks import TaskRunner
-from coordinator.center.core import CENTER, Center, PushPlan
-from coordinator.monitoring.monitor import Monitor
 from coordinator.dashboard.routes import add_dashboard_routes
 from coordinator.jobs.runner import Trainer
+from coordinator.jobs.tasks import TaskRunner
+from coordinator.monitoring.monitor import Monitor
 from data.artifacts import KINDS
+
+__all__ = ["API_VERSION", "SiteIn", "TransferIn", "create_app"]
 
 API_VERSION = "v1"
 log = logging.getLogger("adcp.coordinator")
@@ -127,14 +129,16 @@ def create_app(center: Center, token: str, trainer: Trainer | None = None, monit
 
     @app.get(f"/api/{API_VERSION}/artifacts")
     def list_artifacts(site: str = Query(CENTER, description="'center' or a site name"),
-                       kind: str | None = Query(None, description=f"one of {', '.join(KINDS)}")) -> list[dict[str, Any]]:
+                       kind: str | None = Query(None, description=f"one of {', '.join(KINDS)}"),
+                       ) -> list[dict[str, Any]]:
         if kind is not None and kind not in KINDS:
             raise InputError(f'Got "{kind}" for kind.', allowed=", ".join(KINDS))
         return center.artifacts(site, kind)
 
     @app.post(f"/api/{API_VERSION}/transfers", status_code=202)
     def create_transfer(body: TransferIn, request: Request, response: Response,
-                        wait: bool = Query(False, description="Answer when every transfer has finished")) -> dict[str, Any]:
+                        wait: bool = Query(False, description="Answer when every transfer has finished"),
+                        ) -> dict[str, Any]:
         """Start a push; 202 with one transfer id per site and the id of the task that runs it
         (follow it at /tasks/{id}: per-site bytes and objects), or with `wait=true` 200 with the
         results."""

@@ -11,10 +11,11 @@ import json
 import shlex
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from configs.errors import AdcpError, InputError, JobError, NotFoundError, SiteError
 from configs.loader import validate
@@ -97,7 +98,7 @@ class Center:
                 self.state.delete_site(row["name"])
 
     @classmethod
-    def open(cls, home: Path | None = None, platform_file: Path | None = None) -> "Center":
+    def open(cls, home: Path | None = None, platform_file: Path | None = None) -> Center:
         """The center of `home`, with the platform file given (or in $ADCP_PLATFORM), else the one
         `adcp up` recorded, else the default."""
         from coordinator.process import platform_file as find_platform

@@ -29,7 +29,7 @@ from typing import Any
 
 import fsspec
 
-from configs.errors import IntegrityError, InputError, NotFoundError
+from configs.errors import InputError, IntegrityError, NotFoundError
 from data.artifacts import ArtifactRef, ArtifactStore, Manifest, ObjectEntry
 from data.transfer import Job, send_objects
 

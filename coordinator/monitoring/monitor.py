@@ -26,8 +26,8 @@ from configs.errors import AdcpError, InputError
 from configs.kube import KubeRayRuntime
 from configs.monitoring import FIGURES, MonitoringConfig
 from configs.platform import SiteConfig
-from coordinator.monitoring.alerts import AlertEngine, iso
 from coordinator.center.core import Center
+from coordinator.monitoring.alerts import AlertEngine, iso
 from coordinator.monitoring.collect import Reading, SiteReader, check_lines, job_logs, replica_logs, warm_tls
 from coordinator.monitoring.history import History, bucket_means
 from coordinator.monitoring.metrics_parse import figures as compute_figures

@@ -18,8 +18,8 @@ import yaml
 from configs.platform import SiteConfig
 from coordinator import process as server
 from coordinator.center.core import Center
-from coordinator.process import read_token
 from coordinator.cli.main import main
+from coordinator.process import read_token
 from coordinator.state.jobs import JobRecords
 from karmada.gateway import KarmadaSiteGateway, forget_credentials
 from raycluster.gateway import gateway_for, site_status

@@ -97,7 +97,7 @@ def test_every_epoch_was_relayed_and_lineage_recorded(loop: Loop):
     epochs = loop.defaults.train_config(dataset="-", output="-").epochs
     assert len(loop.job["checkpoints"]) == epochs  # one checkpoint artifact per epoch, relayed home
     assert loop.job["ran_at"] == ["fab-a"]
-    assert meta.lineage["dataset"] == loop.dataset.dataset_id
+    assert meta.lineage["dataset"] == f"dataset/{loop.dataset.dataset_id}"  # the artifact the coordinator shipped
     assert meta.lineage["dataset_sha256"] == loop.dataset.sha256
     assert meta.lineage["trained_at"] == ["fab-a"] and meta.lineage["trained_for"] == "fab-a"
     assert len(meta.lineage["code_version"]) == 12
