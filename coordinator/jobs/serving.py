@@ -1,4 +1,4 @@
-"""Deploying the ADC Serve app at a site and classifying images through it.
+"""Deploying the ADC Serve app at a site.
 
 Deployment goes through the dashboard's Serve REST API (`PUT /api/serve/applications/`, what
 `serve deploy` uses), so it works the same through any site gateway. Changing only the model URI
