@@ -15,7 +15,6 @@ limits who can read it.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -146,16 +145,12 @@ class _Platform:
         sent = GaugeMetricFamily("adcp_transfer_bytes", "Bytes sent by recorded transfers, by status",
                                  labels=["status"])
         jobs = GaugeMetricFamily("adcp_jobs", "Train/tune jobs the coordinator runs, by status", labels=["status"])
-        db = sqlite3.connect(f"file:{self.center.state.path}?mode=ro", uri=True, timeout=5)
-        try:
-            for status, n, b in db.execute("SELECT status, COUNT(*), COALESCE(SUM(bytes_sent), 0) "
-                                           "FROM transfers GROUP BY status"):
-                transfers.add_metric([status], n)
-                sent.add_metric([status], b)
-            for status, n in db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status"):
-                jobs.add_metric([status], n)
-        finally:
-            db.close()
+        counts = self.center.state.status_counts()
+        for status, (n, b) in counts["transfers"].items():
+            transfers.add_metric([status], n)
+            sent.add_metric([status], b)
+        for status, (n, _) in counts["jobs"].items():
+            jobs.add_metric([status], n)
         yield transfers
         yield sent
         yield jobs

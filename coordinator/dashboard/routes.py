@@ -24,7 +24,8 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from pydantic import BaseModel, ConfigDict, Field
 
 from configs.errors import AdcpError, InputError, NotFoundError, SiteError
-from coordinator.dashboard.auth import LOGIN_TTL_S, MAX_LOGIN_TTL_S, DashboardAuth, LoginRefusedError
+from configs.monitoring import LOGIN_TTL_S, MAX_LOGIN_TTL_S
+from coordinator.state.dashboard_sessions import DashboardAuth, LoginRefusedError
 from coordinator.state.jobs import JobRecords
 
 if TYPE_CHECKING:

@@ -29,8 +29,8 @@ from configs.platform import SiteConfig
 from coordinator.center.core import Center
 from coordinator.monitoring.alerts import AlertEngine, iso
 from coordinator.monitoring.collect import Reading, SiteReader, check_lines, job_logs, replica_logs, warm_tls
-from coordinator.monitoring.history import History, bucket_means
 from coordinator.monitoring.metrics_parse import figures as compute_figures
+from coordinator.state.history import History, bucket_means
 from raycluster.gateway import gateway_for
 
 __all__ = ["SPARK_FIGURES", "Monitor"]

@@ -164,6 +164,14 @@ class State:
             out.append(d)
         return out
 
+    def status_counts(self) -> dict[str, dict[str, tuple[int, int]]]:
+        """`{"transfers": {status: (count, bytes_sent)}, "jobs": {status: (count, 0)}}` for the
+        coordinator's /metrics (one grouped query each)."""
+        transfers = {r[0]: (r[1], r[2]) for r in self._exec(
+            "SELECT status, COUNT(*), COALESCE(SUM(bytes_sent), 0) FROM transfers GROUP BY status")}
+        jobs = {r[0]: (r[1], 0) for r in self._exec("SELECT status, COUNT(*) FROM jobs GROUP BY status")}
+        return {"transfers": transfers, "jobs": jobs}
+
     # jobs: coordinator.state.jobs.JobRecords
 
     # deployments (model rollouts to sites' Serve apps)

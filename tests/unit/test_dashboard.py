@@ -16,10 +16,11 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from configs.errors import NotFoundError
+from configs.monitoring import LOGIN_TTL_S
 from configs.runs import Attempt, Job, JobSpec
 from coordinator.api.auth import install_door
-from coordinator.dashboard.auth import LOGIN_TTL_S, SESSION_TTL_S
 from coordinator.dashboard.routes import COOKIE, STATIC, add_dashboard_routes
+from coordinator.state.dashboard_sessions import SESSION_TTL_S
 from coordinator.state.db import State
 from coordinator.state.jobs import JobRecords
 from tests.dashboard_fakes import FakeMonitor

@@ -15,7 +15,6 @@ from configs.monitoring import FIGURES, AlertRule, MonitoringConfig
 from configs.platform import PlatformConfig
 from coordinator.cli.monitoring import new_lines
 from coordinator.monitoring.alerts import AlertEngine
-from coordinator.monitoring.history import History, bucket_means
 from coordinator.monitoring.metrics_parse import (
     figures,
     histogram_quantile,
@@ -24,6 +23,7 @@ from coordinator.monitoring.metrics_parse import (
     snapshot,
 )
 from coordinator.monitoring.monitor import parse_since
+from coordinator.state.history import History, bucket_means
 from serve_apps.metrics import EXPORTED, AppMetrics, route_of
 from tests.sim_sites import SimFigures, ray_metrics_text
 
