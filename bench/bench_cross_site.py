@@ -29,7 +29,7 @@ if str(REPO) not in sys.path:
 
 from coordinator import process as server  # noqa: E402
 from coordinator.center.core import Center  # noqa: E402
-from coordinator.cli.client import CoordinatorClient  # noqa: E402
+from coordinator.cli.client import CoordinatorClient, resolve  # noqa: E402
 from coordinator.cli.main import main as adcp  # noqa: E402
 from data.artifacts import ArtifactRef  # noqa: E402
 from tests.platform_fixtures import platform_yaml  # noqa: E402
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
             assert adcp([*base, "data", "synth", "--name", "big", "--images", str(args.images)]) == 0
             center = Center.open(home)
             size = center.central.manifest(ArtifactRef("dataset", "big")).total_bytes
-            client = CoordinatorClient(home, timeout_s=600)
+            client = CoordinatorClient(resolve(home, home_given=True), timeout_s=600)
             body = {"origin": "fab-a", "on": "fab-b", "dataset": "big@1", "epochs": args.epochs}
             t0 = time.time()
             client.call("POST", "/jobs/plan", json=body)

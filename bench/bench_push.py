@@ -1,6 +1,7 @@
-"""Push of one model to two sites through the coordinator's Python API (`Center.push`, what
-`adcp push model/... --to fab-a,fab-b` runs): plan, both destinations in parallel, verification,
-manifest last, and the transfer records in SQLite.
+"""Push of one model to two sites through the coordinator's HTTP API (`POST /api/v1/transfers`,
+what `adcp push model/... --to fab-a,fab-b` calls; `wait=true`, so the figure holds the HTTP round
+trip too): plan, both destinations in parallel, verification, manifest last, and the transfer
+records in SQLite, all inside the running coordinator process.
 
     .venv/bin/python -m bench.bench_push [--pushes 20] [--model-mb 1.5]
 
@@ -25,7 +26,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from coordinator.center.core import Center  # noqa: E402
+from coordinator import process  # noqa: E402
+from coordinator.cli.client import CoordinatorClient, resolve  # noqa: E402
+from data.artifacts import ArtifactStore  # noqa: E402
 from data.publish import publish_artifact  # noqa: E402
 
 PLATFORM = """
@@ -51,20 +54,24 @@ def main(argv: list[str] | None = None) -> None:
         home.mkdir()
         platform = Path(tmp) / "platform.yaml"
         platform.write_text(PLATFORM)
-        center = Center.open(home, platform)
+        process.up(home, platform)
+        client = CoordinatorClient(resolve(home, home_given=True))
+        central = ArtifactStore((home / "store").as_uri())
         for site in ("fab-a", "fab-b"):
-            center.add_site(site, dashboard="http://127.0.0.1:9", store=str(Path(tmp) / site / "store"))
+            client.call("POST", "/sites", json={"name": site, "dashboard": "http://127.0.0.1:9",
+                                                "store": str(Path(tmp) / site / "store")})
         ours, plain = [], []
         for i in range(args.pushes):
             src = Path(tmp) / f"model-{i}"
             src.mkdir()
             (src / "model.pt2").write_bytes(os.urandom(int(args.model_mb * 1e6)))
             (src / "metadata.json").write_text(json.dumps({"name": "adc", "version": str(i + 1)}))
-            ref = publish_artifact(center.central, "model", "adc", str(i + 1), src).ref
+            ref = publish_artifact(central, "model", "adc", str(i + 1), src).ref
             started = time.perf_counter()
-            outcomes = center.push(ref, ["fab-a", "fab-b"])
+            done = client.call("POST", "/transfers", params={"wait": "true"},
+                               json={"artifact": str(ref), "to": ["fab-a", "fab-b"]})
             ours.append(time.perf_counter() - started)
-            assert all(o.result["objects_verified"] == 2 for o in outcomes)
+            assert all(r["objects_verified"] == 2 for r in done["results"])
             started = time.perf_counter()
             for site in ("fab-a", "fab-b"):
                 dest = Path(tmp) / "plain" / site / str(i)
@@ -72,7 +79,8 @@ def main(argv: list[str] | None = None) -> None:
                 for f in src.iterdir():
                     shutil.copyfile(f, dest / f.name)
             plain.append(time.perf_counter() - started)
-        center.close()
+        client.close()
+        process.down(home)
     report = {
         "pushes": args.pushes,
         "model_mb": args.model_mb,

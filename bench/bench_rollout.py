@@ -1,4 +1,4 @@
-"""Model rollout to two local sites through the coordinator's Python API (`coordinator.rollout.deploy`,
+"""Model rollout to two local sites through the coordinator's HTTP API (`POST /api/v1/models/.../deploy`,
 what `adcp model deploy adc@N --to fab-a,fab-b` runs): ship model + code bundle (already there
 after the first rollout: skipped), PUT the Serve config through each site's gateway, wait until
 the new version answers at each site's Serve endpoint.
@@ -37,8 +37,8 @@ if str(REPO) not in sys.path:
 import httpx  # noqa: E402
 
 from coordinator import process as server  # noqa: E402
-from coordinator.center.core import Center  # noqa: E402
-from coordinator.jobs import rollout  # noqa: E402
+from coordinator.cli.client import CoordinatorClient, resolve  # noqa: E402
+from data.artifacts import ArtifactStore  # noqa: E402
 from data.publish import publish_artifact  # noqa: E402
 from tests.platform_fixtures import platform_yaml  # noqa: E402
 from tests.serve_fixtures import export_tiny_model, synth_png  # noqa: E402
@@ -114,20 +114,25 @@ def main(argv: list[str] | None = None) -> None:
             started = time.monotonic()
             server.up(home, platform_file)
             report["sites_up_s"] = round(time.monotonic() - started, 1)
-            center = Center.open(home)
+            client = CoordinatorClient(resolve(home, home_given=True))  # rollouts run in the coordinator
+
+            def deploy(version: str) -> list[dict]:
+                return client.call("POST", f"/models/adc/{version}/deploy", json={"to": SITES})
+
+            central = ArtifactStore((home / "store").as_uri())
             for version in ("1", "2"):
                 folder = Path(tmp) / f"adc-{version}"
                 export_tiny_model(folder, version, seed=int(version), name="adc")
-                publish_artifact(center.central, "model", "adc", version, folder)
-            first = rollout.deploy(center, "adc@1", SITES)
+                publish_artifact(central, "model", "adc", version, folder)
+            first = deploy("1")
             report["first_rollout_s"] = {r["site"]: r["seconds"] for r in first}  # Serve starts here
-            urls = {s: center.gateway(s).base_url("serve") for s in SITES}
+            urls = {s: client.call("GET", f"/sites/{s}/env")["serve_url"] for s in SITES}
             per_site: dict[str, list[float]] = {s: [] for s in SITES}
             whole: list[float] = []
             with Load(urls, args.load_threads) as load:
                 for i in range(args.rollouts):
                     t0 = time.monotonic()
-                    rows = rollout.deploy(center, f"adc@{2 - i % 2}", SITES)
+                    rows = deploy(str(2 - i % 2))
                     whole.append(time.monotonic() - t0)
                     for r in rows:
                         per_site[r["site"]].append(r["seconds"])
@@ -142,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
                 report["requests_failed"] = len(load.failures)
             if args.cli:
                 walls, reported = [], []
-                served = rollout.served_models(center)["fab-a"]
+                served = next(m["ref"] for m in client.call("GET", "/models") if "fab-a" in m["serving_at"])
                 for _ in range(args.cli):
                     version = "1" if served.endswith("@2") else "2"
                     t0 = time.monotonic()
