@@ -73,6 +73,7 @@ CREATE INDEX IF NOT EXISTS deployments_site ON deployments (site, started_at);
 
 
 def _alive(pid: int | None) -> bool:
+    """Whether process `pid` still runs: a zombie (killed, not yet reaped by its parent) does not."""
     if not pid:
         return False
     try:
@@ -81,7 +82,10 @@ def _alive(pid: int | None) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # /proc/<pid>/stat: "pid (comm) state ..."; comm may hold spaces, so split after the ')'
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def now() -> str:
