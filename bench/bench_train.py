@@ -33,8 +33,6 @@ from data.schema import DEFECT_CLASSES, split_of
 from tests.platform_fixtures import running_platform
 from train_jobs.model import ADCNet
 
-ARGS: argparse.Namespace
-
 
 def plain_loop(dataset_url: str, epochs: int, batch: int, width: int) -> dict:
     ds = open_dataset(dataset_url)
@@ -63,7 +61,7 @@ def plain_loop(dataset_url: str, epochs: int, batch: int, width: int) -> dict:
     return {"samples_per_s": len(x) / steady, "epoch_seconds": times, "rows": len(x)}
 
 
-def ray_train(home: Path, epochs: int, batch_per_worker: int, width: int) -> dict:
+def ray_train(home: Path, images: int, epochs: int, batch_per_worker: int, width: int) -> dict:
     """Train through the coordinator at a local site (as `adcp train --for fab-a --on fab-a` does);
     epoch seconds from the `epoch N/M ... (S s)` lines of the job's log."""
     defaults = load_defaults()
@@ -72,7 +70,7 @@ def ray_train(home: Path, epochs: int, batch_per_worker: int, width: int) -> dic
         client = CoordinatorClient(resolve(home, home_given=True))
         data_dir = home.parent / "bench-data"
         upload = Upload(client, "dataset", "bench")
-        ds = write_synthetic(data_dir.as_uri(), SynthConfig(images=ARGS.images, seed=1), name="bench",
+        ds = write_synthetic(data_dir.as_uri(), SynthConfig(images=images, seed=1), name="bench",
                              version=upload.version)
         upload.send(data_dir, meta={"rows": ds.manifest["rows"]})
         started = time.perf_counter()
@@ -102,12 +100,10 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--out", type=Path, default=None, help="Also write the JSON here.")
     args = parser.parse_args()
-    global ARGS
-    ARGS = args
     with tempfile.TemporaryDirectory(prefix="adcp-bench-") as tmp:
         workers = load_defaults().train_config(dataset="-", output="-").num_workers
         batch = load_defaults().train_config(dataset="-", output="-").batch_size
-        ray = ray_train(Path(tmp) / "home", args.epochs, batch, args.width)
+        ray = ray_train(Path(tmp) / "home", args.images, args.epochs, batch, args.width)
         plain = plain_loop(ray.pop("dataset_url"), args.epochs, batch * workers, args.width)
     result = {
         "machine": {"cpus": os.cpu_count(), "torch": torch.__version__},

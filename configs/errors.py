@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["AdcpError", "ConfigError", "InputError", "PayloadTooLargeError", "UnsupportedMediaError", "NotFoundError",
-           "IntegrityError", "ConflictError", "SiteError", "JobError", "ModelUnavailableError", "KubeError",
-           "KubeTimeoutError"]
+__all__ = ["AdcpError", "ConfigError", "InputError", "PayloadTooLargeError", "UnsupportedMediaError",
+           "NotFoundError", "IntegrityError", "ConflictError", "UnauthorizedError", "ForbiddenError", "SiteError",
+           "JobError", "ModelUnavailableError", "KubeError", "KubeTimeoutError"]
 
 
 class AdcpError(Exception):
@@ -87,6 +87,24 @@ class ConflictError(AdcpError):
     the details say what is busy, so the caller can wait for it and retry."""
 
     http_status = 409
+
+
+class UnauthorizedError(AdcpError):
+    """No bearer token (coordinator API), a malformed one, one nobody holds, or a disabled user's."""
+
+    http_status = 401
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "error": "Unauthorized"}
+
+
+class ForbiddenError(AdcpError):
+    """The principal's role may not use this route (or this site)."""
+
+    http_status = 403
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "error": "Forbidden"}
 
 
 class SiteError(AdcpError):

@@ -27,7 +27,7 @@ import httpx
 
 from configs.errors import NotFoundError, SiteError
 from configs.platform import default_home, load_platform
-from raycluster import read_proc, stop_site, terminate
+from raycluster import free_ports, read_proc, stop_site, terminate
 
 __all__ = ["PLATFORM_POINTER", "create_token", "down", "info_path", "log_path", "platform_file", "read_token",
            "running", "start", "stop", "token_path", "up"]
@@ -111,8 +111,6 @@ def start(home: Path, platform: Path | None = None, *, timeout_s: float = 240,
     if not token_path(home).exists():
         create_token(home)
     token = read_token(home)
-    from raycluster import free_ports
-
     port = api.port or free_ports(1)[0]
     log = log_path(home)
     log.parent.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -266,12 +267,32 @@ def _pending(site: LocalSite, client: httpx.Client, num_cpus: int) -> str | None
     return None
 
 
-def start_site(cfg: LocalSiteConfig, home: Path, *, timeout_s: float = 90) -> LocalSite:
-    """Start a site's Ray head and return once it accepts jobs.
+log = logging.getLogger("adcp.raycluster")
 
-    Raises SiteError if the site is already running, if Ray exits early (with the tail of its
-    log) or if it is not ready within `timeout_s` (then it is stopped again).
+#: Tries of `ray start` per site start. Ray's own node start-up gives up after a fixed time
+#: ("The current node timed out during startup") when the machine is busy, e.g. two heads
+#: starting at once on 2 cores; the failed try is cleaned up, so one more is cheap.
+START_TRIES = 2
+
+
+def start_site(cfg: LocalSiteConfig, home: Path, *, timeout_s: float = 90, tries: int = START_TRIES) -> LocalSite:
+    """Start a site's Ray head and return once it accepts jobs; when `ray start` itself exits
+    while starting, try again (`tries` in all).
+
+    Raises SiteError if the site is already running, if Ray exits early every time (with the tail
+    of its log) or if it is not ready within `timeout_s` (then it is stopped again).
     """
+    for attempt in range(1, tries + 1):
+        try:
+            return _start_once(cfg, home, timeout_s=timeout_s)
+        except SiteError as e:
+            if attempt == tries or not e.details.get("ray_exited"):
+                raise
+            log.warning("Ray for site %s exited while starting (try %d of %d); trying again", cfg.name, attempt, tries)
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def _start_once(cfg: LocalSiteConfig, home: Path, *, timeout_s: float) -> LocalSite:
     home = Path(home).absolute()  # recorded in site.json: later calls may run elsewhere
     d = site_dir(home, check_name(cfg.name))
     d.mkdir(parents=True, exist_ok=True)
@@ -344,7 +365,7 @@ def _wait_ready(
                 raise SiteError(
                     f"Ray for site {site.name} exited with code {proc.returncode} while starting."
                     f" Last lines of {log}:\n{_tail(log)}",
-                    name=site.name,
+                    name=site.name, ray_exited=True,
                 )
             pending = _pending(site, client, num_cpus)
             if pending is None:

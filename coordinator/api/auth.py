@@ -27,12 +27,12 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from configs.errors import AdcpError
+from configs.errors import AdcpError, ForbiddenError, UnauthorizedError
 from coordinator.state.audit import Audit
 from coordinator.state.db import State
 from coordinator.state.users import BOOTSTRAP_ADMIN, ROLES, Users
 
-__all__ = ["ROUTE_ROLES", "ForbiddenError", "Principal", "UnauthorizedError", "install_door", "require_site",
+__all__ = ["ROUTE_ROLES", "Principal", "install_door", "require_site",
            "roles_allowed", "roles_table_markdown"]
 
 log = logging.getLogger("adcp.coordinator")
@@ -115,24 +115,6 @@ class Principal:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "role": self.role, "sites": list(self.sites)}
-
-
-class UnauthorizedError(AdcpError):
-    """No bearer token, a malformed one, one nobody holds, or a disabled user's."""
-
-    http_status = 401
-
-    def to_json(self) -> dict[str, Any]:
-        return {**super().to_json(), "error": "Unauthorized"}
-
-
-class ForbiddenError(AdcpError):
-    """The principal's role may not use this route (or this site)."""
-
-    http_status = 403
-
-    def to_json(self) -> dict[str, Any]:
-        return {**super().to_json(), "error": "Forbidden"}
 
 
 def roles_allowed(method: str, route: str) -> list[str]:

@@ -105,7 +105,8 @@ def add_platform_routes(app: FastAPI, center: Center, tasks: TaskRunner, local_s
     @app.post(f"{_PREFIX}/artifacts/verify", tags=["artifacts"], status_code=202)
     def verify(body: VerifyIn, request: Request) -> TaskRecord:
         """Rehash every object of an artifact where it is stored (a task: follow /tasks/{id})."""
-        center.site(body.site) if body.site != CENTER else None
+        if body.site != CENTER:
+            center.site(body.site)  # 404 naming the known sites, before a task starts
         task = tasks.start("verify", f"{body.artifact} at {body.site}",
                            lambda report: center.verify(body.artifact, body.site, repair=body.repair),
                            user=principal_name(request))

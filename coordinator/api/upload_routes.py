@@ -55,7 +55,7 @@ def add_upload_routes(app: FastAPI, uploads: Uploads) -> None:
     def begin(body: UploadIn, request: Request) -> dict[str, Any]:
         """Start an upload: reserves `kind/name@version`."""
         record = uploads.begin(body.kind, body.name, body.version, body.meta, user=principal_name(request))
-        return uploads._public(record)
+        return uploads.summary(record)
 
     @app.post(f"{_BASE}/{{upload_id}}/files", tags=["artifacts"])
     def declare(upload_id: str, body: FilesIn) -> dict[str, Any]:

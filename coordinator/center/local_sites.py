@@ -37,16 +37,8 @@ class LocalSites:
     def _start(self, site: SiteConfig) -> None:
         try:
             existing = read_state(site.name, self.home)
-            if existing is not None and existing.is_running():
-                local = existing
-            else:
-                try:
-                    local = start_site(site.local_config(), self.home)
-                except AdcpError as e:
-                    # Ray's own node start-up gives up after a fixed time when the machine is busy
-                    # (two heads starting at once on 2 cores); start_site cleaned up, so try once more
-                    log.warning("local site %s did not start (%s); trying once more", site.name, e)
-                    local = start_site(site.local_config(), self.home)
+            local = existing if existing is not None and existing.is_running() else start_site(
+                site.local_config(), self.home)
             update = {"state": "running", "dashboard": local.dashboard_url, "serve": local.serve_url}
         except AdcpError as e:
             update = {"state": "failed", "error": str(e)}

@@ -116,12 +116,11 @@ class Uploads:
                 raise InputError(f"{e.path} is {e.size} bytes.", allowed=f"files up to {MAX_OBJECT_BYTES} bytes")
         record["files"] = [e.to_json() for e in entries]
         self._save(record)
-        return {**self._public(record), "missing": self._missing(entries)}
+        return {**self.summary(record), "missing": self._missing(entries)}
 
     def _missing(self, entries: list[ObjectEntry]) -> list[dict[str, Any]]:
-        manifest = Manifest("dataset", "x", "1", tuple(entries))  # only for unique_objects()
         out = []
-        for e in manifest.unique_objects():
+        for e in {e.key: e for e in entries}.values():  # files with equal content share an object
             if not self.store.has_object(e):
                 part = self._part(e.sha256)
                 out.append({"sha256": e.sha256, "size": e.size, "path": e.path,
@@ -131,10 +130,10 @@ class Uploads:
     def status(self, upload_id: str) -> dict[str, Any]:
         record = self.get(upload_id)
         entries = [ObjectEntry(**f) for f in record["files"]]
-        return {**self._public(record), "missing": self._missing(entries)}
+        return {**self.summary(record), "missing": self._missing(entries)}
 
     @staticmethod
-    def _public(record: dict[str, Any]) -> dict[str, Any]:
+    def summary(record: dict[str, Any]) -> dict[str, Any]:
         return {"upload_id": record["id"], "artifact": f"{record['kind']}/{record['name']}@{record['version']}",
                 "version": record["version"], "files": len(record["files"])}
 

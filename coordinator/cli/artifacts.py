@@ -44,10 +44,8 @@ def parse_as(text: str) -> tuple[str, str, str | None]:
     return m["kind"], m["name"], m["version"]
 
 
-def _upload(ctx: Context, source: Path, kind: str, name: str, version: str | None, meta: dict[str, Any] | None,
-            as_json: bool, upload: Upload | None = None) -> dict[str, Any]:
-    """Upload `source` (or send it on an upload already begun, with `meta` then given here)."""
-    up = upload or Upload(ctx.client, kind, name, version, meta)
+def _send(up: Upload, source: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """Send `source` on upload `up` with a progress bar (on stderr); the committed artifact."""
     with transfer_progress(err_console) as bar:
         task = bar.add_task(f"upload {up.ref}", total=1, objects="0")
 
@@ -59,7 +57,13 @@ def _upload(ctx: Context, source: Path, kind: str, name: str, version: str | Non
             n = t.fields.get("n", 0) + nobjects
             bar.update(task, advance=nbytes, n=n, objects=f"{n}/{t.fields.get('of', '?')}")
 
-        return up.send(source, on_plan=plan, on_progress=advance, meta=meta if upload is not None else None)
+        return up.send(source, on_plan=plan, on_progress=advance, meta=meta)
+
+
+def _upload_as(ctx: Context, source: Path, as_ref: str) -> dict[str, Any]:
+    """Upload a local file or folder as KIND/NAME[@VERSION]."""
+    kind, name, version = parse_as(as_ref)
+    return _send(Upload(ctx.client, kind, name, version), source, _meta_of(kind, source))
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -107,7 +111,7 @@ def data_synth(ctx: Context, name, images, size, seed, preview, as_json) -> None
                                      on_progress=lambda n: bar.advance(task, n))
             m = ds.manifest
             meta = {"rows": m["rows"], "class_counts": m["class_counts"], "dataset_sha256": m["sha256"]}
-            done = _upload(ctx, Path(tmp), "dataset", name, None, meta, as_json, upload=up)
+            done = _send(up, Path(tmp), meta)
         out.update(dataset=ds.dataset_id, artifact=done["artifact"], rows=m["rows"], class_counts=m["class_counts"],
                    sha256=ds.sha256, bytes=done["bytes"], bytes_sent=done["bytes_sent"])
         if not as_json:
@@ -155,8 +159,7 @@ def _meta_of(kind: str, source: Path) -> dict[str, Any]:
 @pass_ctx
 def upload(ctx: Context, source: Path, as_ref: str, as_json: bool) -> None:
     """Upload a local file or folder to the central store as an artifact (resumable, verified)."""
-    kind, name, version = parse_as(as_ref)
-    done = _upload(ctx, source, kind, name, version, _meta_of(kind, source), as_json)
+    done = _upload_as(ctx, source, as_ref)
     if as_json:
         return print_json(done)
     console.print(f"{done['artifact']}: {done['objects']} objects, {fmt_bytes(done['bytes'])} "
@@ -183,8 +186,7 @@ def push(ctx: Context, artifact: str, to: str, as_ref: str | None, source: str, 
         path = Path(artifact)
         if not path.exists():
             raise InputError(f"No such file or folder: {artifact}.", hint="--as uploads a local file or folder first.")
-        kind, name, version = parse_as(as_ref)
-        artifact = _upload(ctx, path, kind, name, version, _meta_of(kind, path), as_json)["artifact"]
+        artifact = _upload_as(ctx, path, as_ref)["artifact"]
     body = {"artifact": artifact, "to": split_names(to), "source": source, "verify_existing": verify_existing,
             **({"max_mbps": max_mbps} if max_mbps else {})}
     started = ctx.client.call("POST", "/transfers", json=body)

@@ -11,9 +11,8 @@ finds its apiserver:
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,25 +20,22 @@ from typing import Any
 import httpx
 import yaml
 
-from configs.errors import AdcpError, ConfigError, InputError, IntegrityError, NotFoundError, SiteError
+from configs.errors import (
+    AdcpError,
+    ConfigError,
+    ForbiddenError,
+    InputError,
+    IntegrityError,
+    NotFoundError,
+    SiteError,
+    UnauthorizedError,
+)
 from configs.yaml_files import read_yaml
 
 __all__ = ["Coordinator", "CoordinatorClient", "config_path", "load_config", "resolve", "save_config"]
 
-_ERRORS: dict[int, type[AdcpError]] = {400: InputError, 404: NotFoundError, 409: IntegrityError, 422: InputError}
-
-
-class ForbiddenError(AdcpError):
-    """The coordinator refused the call for the caller's role."""
-
-    http_status = 403
-
-
-class UnauthorizedError(AdcpError):
-    http_status = 401
-
-
-_ERRORS.update({401: UnauthorizedError, 403: ForbiddenError})
+_ERRORS: dict[int, type[AdcpError]] = {400: InputError, 401: UnauthorizedError, 403: ForbiddenError,
+                                       404: NotFoundError, 409: IntegrityError, 422: InputError}
 
 
 @dataclass(frozen=True)
@@ -185,16 +181,6 @@ class CoordinatorClient:
                                 hint=f"Re-attach with `adcp attach {task_id}`.")
             time.sleep(poll_s)  # poll interval of a deadline-bounded wait
 
-    def stream_lines(self, path: str, **params: Any) -> Iterator[str]:
-        with self.http.stream("GET", path, params=params) as r:
-            if r.status_code >= 400:
-                r.read()
-                raise _error(r)
-            yield from r.iter_lines()
-
     def close(self) -> None:
         self.http.close()
 
-
-def dump(obj: Any) -> str:
-    return json.dumps(obj, indent=2, default=str)

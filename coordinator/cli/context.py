@@ -10,6 +10,7 @@ from typing import Any
 import click
 from rich.console import Console
 
+from configs.errors import AdcpError
 from configs.loader import Defaults, load_defaults
 from configs.platform import PlatformConfig, default_home, load_platform
 from coordinator.cli.client import CoordinatorClient, resolve
@@ -52,7 +53,7 @@ class Context:
         if path is None and (self.context_name or not self.home_given):
             try:
                 return PlatformConfig.model_validate(self.client.call("GET", "/platform"))
-            except Exception:  # no coordinator to ask: the default file  # noqa: BLE001
+            except AdcpError:  # no coordinator to ask (or not allowed to): the default file
                 pass
         return load_platform(path, self.home)
 

@@ -13,13 +13,10 @@ from rich.table import Column, Table
 
 from configs.errors import JobError
 from configs.loader import validate
-from configs.runs import TERMINAL as RUN_TERMINAL
-from configs.runs import RunRequest
+from configs.runs import TERMINAL, RunRequest
 from coordinator.cli.context import Context, console, err_console, json_option, pass_ctx, print_json, timeout_option
 
-__all__ = ["TERMINAL", "add_commands", "follow_job"]
-
-TERMINAL = tuple(s.value for s in RUN_TERMINAL)
+__all__ = ["add_commands", "follow_job"]
 
 
 def _start(ctx: Context, body: dict[str, Any], detach: bool, timeout_s: float, as_json: bool) -> None:

@@ -20,23 +20,6 @@ _TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 _HEALTH_STYLE = {"ok": "green", "warn": "yellow", "down": "bold red"}
 
 
-class _Source:
-    """The running coordinator's monitoring API (its monitor has the history and rates)."""
-
-    def __init__(self, ctx: Context) -> None:
-        self.client = ctx.client
-
-    def overview(self) -> dict[str, Any]:
-        return self.client.call("GET", "/overview")
-
-    def logs(self, site: str, job: str | None, lines: int) -> dict[str, Any]:
-        params: dict[str, Any] = {"lines": lines, **({"job": job} if job else {})}
-        return self.client.call("GET", f"/sites/{site}/logs", params=params)
-
-    def close(self) -> None:
-        pass
-
-
 def _fmt(value: Any, unit: str = "", scale: float = 1.0, digits: int = 0) -> str:
     if value is None:
         return "-"
@@ -88,9 +71,8 @@ def top_cmd(ctx: Context, once: bool, wide: bool, interval: float | None) -> Non
 
     if interval is not None and interval <= 0:
         raise click.UsageError(f"--interval must be positive; got {interval}.")
-    source = _Source(ctx)
     try:
-        overview = source.overview()
+        overview = ctx.client.call("GET", "/overview")
         if once:
             console.print(top_table(overview, wide))
             return
@@ -98,11 +80,9 @@ def top_cmd(ctx: Context, once: bool, wide: bool, interval: float | None) -> Non
         with Live(top_table(overview, wide), console=console, screen=False, auto_refresh=False) as live:
             while True:
                 time.sleep(every)  # the refresh period of a live view, not a wait on a condition
-                live.update(top_table(source.overview(), wide), refresh=True)
+                live.update(top_table(ctx.client.call("GET", "/overview"), wide), refresh=True)
     except KeyboardInterrupt:
         pass
-    finally:
-        source.close()
 
 
 def new_lines(before: list[str], now: list[str]) -> list[str]:
@@ -124,11 +104,11 @@ def logs_cmd(ctx: Context, site: str, job: str | None, follow: bool, lines: int,
     """A site's Ray job log or Serve replica logs, through its gateway."""
     if lines < 1:
         raise InputError(f"Got {lines} for --lines.", allowed="a positive number")
-    source = _Source(ctx)
+    params: dict[str, Any] = {"lines": lines, **({"job": job} if job else {})}
     try:
         shown: list[str] = []
         while True:
-            body = source.logs(site, job, lines)
+            body = ctx.client.call("GET", f"/sites/{site}/logs", params=params)
             for line in new_lines(shown, body["lines"]):
                 click.echo(line)
             shown = body["lines"]
@@ -137,8 +117,6 @@ def logs_cmd(ctx: Context, site: str, job: str | None, follow: bool, lines: int,
             time.sleep(interval)  # the poll period of a follow, which ends on Ctrl-C or the job's end
     except KeyboardInterrupt:
         pass
-    finally:
-        source.close()
 
 
 def add_commands(cli: click.Group) -> None:

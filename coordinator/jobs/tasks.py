@@ -75,6 +75,7 @@ class TaskRunner:
                 if self._tasks[oldest].state == TaskState.running:
                     break
                 self._tasks.pop(oldest)
+                self._threads.pop(oldest, None)
         reporter = Reporter(task, self._lock)
 
         def run() -> None:

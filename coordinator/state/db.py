@@ -16,6 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from raycluster import read_proc
+
 __all__ = ["State", "now"]
 
 _SCHEMA = """
@@ -74,18 +76,8 @@ CREATE INDEX IF NOT EXISTS deployments_site ON deployments (site, started_at);
 
 def _alive(pid: int | None) -> bool:
     """Whether process `pid` still runs: a zombie (killed, not yet reaped by its parent) does not."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # /proc/<pid>/stat: "pid (comm) state ..."; comm may hold spaces, so split after the ')'
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
+    proc = read_proc(pid) if pid else None
+    return proc is not None and proc.state != "Z"
 
 
 def now() -> str:

@@ -261,3 +261,29 @@ def test_status_of_an_unreachable_site_says_so(tmp_path):
     site = LocalSite("fab-a", str(tmp_path), "/tmp/x", 1, 0, ports, (1, 2), "", "t")
     answer = local.status(site, timeout_s=2)
     assert answer["reachable"] is False and answer["name"] == "fab-a" and answer["error"]
+
+
+def test_start_site_tries_again_only_when_ray_exited_while_starting(monkeypatch, tmp_path):
+    from configs.errors import SiteError
+    from configs.models import LocalSiteConfig
+
+    calls = []
+
+    def once(cfg, home, *, timeout_s):
+        calls.append(cfg.name)
+        if len(calls) == 1:
+            raise SiteError("Ray for site fab-a exited with code 1 while starting.", ray_exited=True)
+        return "started"
+
+    monkeypatch.setattr(local, "_start_once", once)
+    assert local.start_site(LocalSiteConfig(name="fab-a"), tmp_path) == "started" and len(calls) == 2
+
+    def not_ready(cfg, home, *, timeout_s):
+        calls.append(cfg.name)
+        raise SiteError("Site fab-a was not ready in time.")
+
+    calls.clear()
+    monkeypatch.setattr(local, "_start_once", not_ready)
+    with pytest.raises(SiteError, match="not ready"):
+        local.start_site(LocalSiteConfig(name="fab-a"), tmp_path)
+    assert len(calls) == 1  # only Ray's own start-up failing is tried again

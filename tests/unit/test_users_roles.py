@@ -10,11 +10,11 @@ from fastapi import Request
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
+from configs.errors import ForbiddenError
 from configs.loader import load_defaults
 from coordinator.api.app import create_app
 from coordinator.api.auth import (
     ROUTE_ROLES,
-    ForbiddenError,
     Principal,
     require_site,
     roles_allowed,
