@@ -8,9 +8,10 @@ STAMP := $(VENV)/.adcp-installed
 TORCH := torch==2.13.0
 # Servers and tools the tests drive for real (Debian packages): skopeo + docker-registry for
 # container images, prometheus for the PromQL path of monitoring, chromium for the dashboard's
-# browser tests. Installed once per machine; the stamp lives in the venv so a fresh clone
+# browser tests, postgresql (initdb + pg_ctl in a temp dir) for the site review DB's PostgreSQL
+# path. Installed once per machine; the stamp lives in the venv so a fresh clone
 # re-checks them.
-DEBS := skopeo docker-registry prometheus chromium
+DEBS := skopeo docker-registry prometheus chromium postgresql libpq5
 DEB_STAMP := $(VENV)/.adcp-debs
 # The dashboard's chart library, from the npm registry (package-lock.json pins it); served by the
 # coordinator itself, never from a CDN.
