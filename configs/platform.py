@@ -23,13 +23,16 @@ from configs.yaml_files import read_yaml
 
 __all__ = [
     "PLATFORM_FILE",
+    "DEFAULT_CLASS_NAMES",
     "ApiConfig",
     "CenterConfig",
     "DirectGateway",
+    "DisplayNames",
     "KarmadaGateway",
     "LocalRuntime",
     "PlatformConfig",
     "SiteConfig",
+    "SiteReviewConfig",
     "StoreConfig",
     "default_home",
     "load_platform",
@@ -37,6 +40,28 @@ __all__ = [
 
 PLATFORM_FILE = Path(__file__).with_name("platform.yaml")
 _HOST_PORT = re.compile(r"^[A-Za-z0-9.-]+(:\d{1,5})?$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_DISPLAY_MAX = 64
+
+#: Display names of the six built-in classes (data.schema.DEFECT_CLASSES), in Chinese: the people
+#: on the line read them. `display_names.classes` in the platform file overrides any of them.
+DEFAULT_CLASS_NAMES: dict[str, str] = {
+    "particle": "颗粒",
+    "scratch": "划伤",
+    "mura": "色斑(Mura)",
+    "line_defect": "线缺陷",
+    "pinhole": "针孔",
+    "false_defect": "假缺陷",
+}
+
+
+def _display(v: str, what: str) -> str:
+    """A display name: any script, 1..64 characters once trimmed, no control characters."""
+    v = v.strip()
+    if not v or len(v) > _DISPLAY_MAX or _CONTROL.search(v):
+        raise ValueError(f'Got {v!r} for {what}: give 1 to {_DISPLAY_MAX} characters of any script, '
+                         "no control characters (tabs, newlines)")
+    return v
 
 
 class _Strict(BaseModel):
@@ -134,6 +159,52 @@ class KarmadaGateway(_Strict):
         return v
 
 
+class SiteReviewConfig(_Strict):
+    """The site's review queue and station: where its review database is, how much is audited."""
+
+    db_url: str | None = Field(None, description="SQLAlchemy URL of the site review DB (sqlite:///..., "
+                               "postgresql+psycopg://...); null: sqlite:///<home>/sites/<name>/review.db "
+                               "for local sites")
+    db_secret: str | None = Field(None, description="KubeRay renders: name of the Secret holding the DB "
+                                  "URL under key `url` (default adcp-review-db-<site>)")
+    audit_rate: float = Field(0.02, ge=0.0, le=1.0, description="Share of automatic decisions also "
+                              "queued for a human verdict (measures escapes and overkill)")
+    lease_s: int = Field(300, ge=10, le=86400, description="Seconds a reviewer holds a claimed batch")
+
+    @field_validator("db_url")
+    @classmethod
+    def _db_url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^[a-z][a-z0-9+]*://", v):
+            raise ValueError(f'Got "{v}" for review.db_url: give an SQLAlchemy URL such as '
+                             "sqlite:////path/review.db or postgresql+psycopg://user@host/db")
+        return v
+
+    @field_validator("db_secret")
+    @classmethod
+    def _db_secret(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?", v):
+            raise ValueError(f'Got "{v}" for review.db_secret: a Secret name is lower-case letters, '
+                             "digits, '-' and '.', starting and ending with a letter or digit")
+        return v
+
+
+class DisplayNames(_Strict):
+    """Names for people (any script) of products and classes; sites carry theirs in `display_name`."""
+
+    products: dict[str, str] = Field(default_factory=dict, description="product id -> display name")
+    classes: dict[str, str] = Field(default_factory=dict, description="class name -> display name "
+                                    "(over DEFAULT_CLASS_NAMES)")
+
+    @field_validator("products", "classes")
+    @classmethod
+    def _names(cls, v: dict[str, str]) -> dict[str, str]:
+        return {k: _display(n, f"the display name of {k}") for k, n in v.items()}
+
+    def class_names(self) -> dict[str, str]:
+        """DEFAULT_CLASS_NAMES with this platform's `classes` over them."""
+        return {**DEFAULT_CLASS_NAMES, **self.classes}
+
+
 class LocalRuntime(_Strict):
     """The site runs as a local Ray head on this machine (`adcp up` starts it)."""
 
@@ -148,6 +219,8 @@ class SiteConfig(_Strict):
     """One site: how the center reaches it, where its store is, how artifacts get there."""
 
     name: str
+    display_name: str | None = Field(None, description="Name for people, any script (e.g. 北京一厂); "
+                                     "`name` stays a DNS label")
     runtime: LocalRuntime | KubeRayRuntime | None = Field(
         None, discriminator="kind",
         description="local: `adcp up` runs the site on this machine; kuberay: `adcp render` builds its "
@@ -162,11 +235,18 @@ class SiteConfig(_Strict):
     )
     registry: str | None = Field(None, description="host:port of the site's image registry")
     labels: dict[str, str] = Field(default_factory=dict)
+    review: SiteReviewConfig = Field(default_factory=SiteReviewConfig,
+                                     description="Review queue and station settings")
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
         return check_site_name(v)
+
+    @field_validator("display_name")
+    @classmethod
+    def _display_name(cls, v: str | None) -> str | None:
+        return None if v is None else _display(v, "display_name")
 
     @field_validator("gateway", mode="before")
     @classmethod
@@ -197,6 +277,16 @@ class SiteConfig(_Strict):
         return self
 
     @property
+    def title(self) -> str:
+        """The name people see: display_name, else name."""
+        return self.display_name or self.name
+
+    @property
+    def review_db_secret(self) -> str:
+        """KubeRay renders: the Secret holding this site's review DB URL (key `url`)."""
+        return self.review.db_secret or f"adcp-review-db-{self.name}"
+
+    @property
     def local(self) -> bool:
         """True for sites `adcp up` runs on this machine."""
         return isinstance(self.runtime, LocalRuntime)
@@ -217,6 +307,8 @@ class PlatformConfig(_Strict):
     sites: list[SiteConfig] = Field(default_factory=list)
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig,
                                          description="Collection interval, history and alert rules")
+    display_names: DisplayNames = Field(default_factory=DisplayNames,
+                                        description="Display names of products and classes")
 
     @field_validator("sites")
     @classmethod
