@@ -8,7 +8,9 @@ version is the previous one with a table of updates upserted by image id.
 from __future__ import annotations
 
 import json
+import re
 import tempfile
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,9 +29,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHANGELOG_SCHEMA",
+    "CLASS_NAME_RE",
     "TRACKED_FIELDS",
     "UPDATE_COLUMNS",
     "annotations_from_dataset",
+    "check_class_names",
     "publish_annotations",
     "read_annotations",
     "read_changelog",
@@ -61,6 +65,22 @@ CHANGELOG_SCHEMA = pa.schema(
     ],
     metadata={"adcp.schema": "aoi-annotation-changelog/1"},
 )
+
+
+#: A class name a caller may put in its vocabulary: simple identifiers (factory classes such as
+#: "short" or "open" are fine).
+CLASS_NAME_RE = re.compile(r"^[a-z0-9_-]{1,64}$")
+_CLASS_ALLOWED = "1-64 characters of a-z 0-9 _ -"
+
+
+def check_class_names(names: Iterable[str]) -> tuple[str, ...]:
+    """`names` as a tuple; InputError naming the first one that is not a simple identifier."""
+    out = tuple(names)
+    for name in out:
+        if not isinstance(name, str) or not CLASS_NAME_RE.match(name):
+            raise InputError(f'"{name}" is not a class name.', allowed=_CLASS_ALLOWED,
+                             hint="Rename the class (lower case, no spaces).")
+    return out
 
 
 def _text(field: str, value: Any) -> str | None:
@@ -95,7 +115,7 @@ def _check_base(base: pa.Table) -> pa.Table:
     return table
 
 
-def _check_updates(updates: pa.Table, base_ids: dict[str, int]) -> pa.Table:
+def _check_updates(updates: pa.Table, base_ids: dict[str, int], classes: tuple[str, ...] = DEFECT_CLASSES) -> pa.Table:
     """The update table with known columns cast to the schema's types; raises InputError."""
     unknown = [n for n in updates.column_names if n not in UPDATE_COLUMNS]
     if unknown:
@@ -131,14 +151,14 @@ def _check_updates(updates: pa.Table, base_ids: dict[str, int]) -> pa.Table:
         if labels.null_count:
             raise InputError(
                 "Some update rows have a null label.",
-                allowed=", ".join(DEFECT_CLASSES),
+                allowed=", ".join(classes),
                 hint="Leave the label column out to keep the current labels.",
             )
-        unknown_labels = sorted(set(pc.unique(labels).to_pylist()) - set(DEFECT_CLASSES))
+        unknown_labels = sorted(set(pc.unique(labels).to_pylist()) - set(classes))
         if unknown_labels:
             raise InputError(
                 f"Unknown label classes: {', '.join(unknown_labels)}.",
-                allowed=", ".join(DEFECT_CLASSES),
+                allowed=", ".join(classes),
                 hint="Use one of the allowed classes (names are case-sensitive).",
             )
     else:
@@ -163,6 +183,7 @@ def upsert(
     note: str = "",
     version: str,
     at: datetime | None = None,
+    classes: Iterable[str] | None = None,
 ) -> tuple[pa.Table, pa.Table]:
     """Upsert `updates` into `base` by image id; returns (new full table, changelog rows).
 
@@ -173,8 +194,11 @@ def upsert(
     clears the box. The changelog has one CHANGELOG_SCHEMA row per changed field.
 
     Raises InputError for updates without image_id, with duplicate or null ids, unknown columns
-    or unknown label classes; IntegrityError for a base that is not an annotations table.
+    or labels outside `classes` (the class vocabulary, default DEFECT_CLASSES; names must be
+    simple identifiers, see CLASS_NAME_RE); IntegrityError for a base that is not an annotations
+    table.
     """
+    vocabulary = DEFECT_CLASSES if classes is None else check_class_names(classes)
     if not author:
         raise InputError("An annotation update needs an author.", hint="Pass author=<user name>.")
     at = at or datetime.now(timezone.utc)
@@ -182,7 +206,7 @@ def upsert(
         raise InputError(f"Got a naive time {at.isoformat()} for the update.", allowed="a timezone-aware datetime")
     base = _check_base(base) if base is not None else ANNOTATION_SCHEMA.empty_table()
     base_ids = {image_id: i for i, image_id in enumerate(base.column("image_id").to_pylist())}
-    table = _check_updates(updates, base_ids)
+    table = _check_updates(updates, base_ids, vocabulary)
 
     update_ids = table.column("image_id").to_pylist()
     given = {name: table.column(name).to_pylist() for name in table.column_names}
@@ -280,13 +304,15 @@ def publish_annotations(
     note: str = "",
     base_version: str | None = None,
     dataset: str | None = None,
+    classes: Iterable[str] | None = None,
 ) -> Manifest:
     """Publish the next version of `annotations/<name>`: the latest version (or `base_version`)
     with `updates` upserted, plus the cumulative changelog; returns the new manifest.
 
     The first version is `updates` itself (e.g. `annotations_from_dataset(ds)`). When the updates
     change nothing, nothing is published and the base version's manifest is returned. `dataset`
-    ("name@version") is recorded in the meta. Raises InputError for invalid updates (see
+    ("name@version") is recorded in the meta; `classes` is the label vocabulary (default
+    DEFECT_CLASSES). Raises InputError for invalid updates (see
     `upsert`), NotFoundError when `base_version` does not exist.
     """
     base: Manifest | None
@@ -298,7 +324,7 @@ def publish_annotations(
     else:
         base, (table, changelog) = _read_version(store, name, base_version, (TABLE_FILE, CHANGELOG_FILE))
     version = store.next_version(KIND, name)
-    new_table, changes = upsert(table, updates, author=author, note=note, version=version)
+    new_table, changes = upsert(table, updates, author=author, note=note, version=version, classes=classes)
     if base is not None and changes.num_rows == 0:
         return base
     changed_ids = pc.count_distinct(changes.column("image_id")).as_py() if changes.num_rows else 0

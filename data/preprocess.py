@@ -47,6 +47,9 @@ def input_spec(size: int, channels: int = 1) -> dict:
 def decode_image(data: bytes, *, channels: int = 1) -> np.ndarray:
     """Decode PNG/JPEG/BMP/TIFF bytes to uint8 pixels (H, W) for 1 channel or (H, W, 3).
 
+    8-bit images convert as Pillow does (colour to grey by ITU-R 601 luma, grey to colour by
+    repeating it). 16-bit grey images (`I;16*`, and 32-bit integer `I` as Pillow opens some
+    of them) keep their full range: the top 8 bits of each sample (x >> 8), never clipped to 255.
     Raises InputError when the bytes are empty or not an image Pillow can read.
     """
     if not data:
@@ -54,6 +57,9 @@ def decode_image(data: bytes, *, channels: int = 1) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
+            if img.mode.startswith("I;16") or img.mode == "I":
+                grey = _wide_to_uint8(np.asarray(img), img.mode)
+                return grey if channels == 1 else np.repeat(grey[:, :, None], 3, axis=2)
             converted = img.convert("L" if channels == 1 else "RGB")
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
         raise InputError(
@@ -61,6 +67,18 @@ def decode_image(data: bytes, *, channels: int = 1) -> np.ndarray:
             allowed="a PNG, JPEG, BMP or TIFF image",
         ) from e
     return np.asarray(converted, dtype=np.uint8)
+
+
+def _wide_to_uint8(pixels: np.ndarray, mode: str) -> np.ndarray:
+    """16-bit samples (or 32-bit `I` holding 16-bit values) -> uint8 by their top 8 bits."""
+    if mode == "I":
+        # Pillow opens some 16-bit files as 32-bit I; values above 65535 only come from real
+        # 32-bit data, whose range is scaled down the same way.
+        wide = pixels.astype(np.int64)
+        top = int(wide.max(initial=0))
+        shift = 8 if top <= 0xFFFF else max(8, top.bit_length() - 8)
+        return (np.clip(wide, 0, None) >> shift).astype(np.uint8)
+    return (pixels.astype(np.uint16) >> 8).astype(np.uint8)
 
 
 def resize(pixels: np.ndarray, size: int) -> np.ndarray:

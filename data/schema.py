@@ -11,6 +11,7 @@ __all__ = [
     "BOX_TYPE",
     "DEFECT_CLASSES",
     "IMAGE_SCHEMA",
+    "IMPORTED_IMAGE_SCHEMA",
     "NO_DEFECT_CLASSES",
     "SPLITS",
     "split_of",
@@ -42,6 +43,21 @@ IMAGE_SCHEMA = pa.schema(
         pa.field("channels", pa.int8(), nullable=False),
     ],
     metadata={"adcp.schema": "aoi-image/1"},
+)
+
+#: Rows of imported images (`data.image_datasets`): IMAGE_SCHEMA (so every reader of a dataset
+#: reads them) plus nullable columns of what a factory's files carry. `image` holds the file as
+#: given (PNG, JPEG, BMP or TIFF; `format` says which), never re-encoded.
+IMPORTED_IMAGE_SCHEMA = pa.schema(
+    [
+        *(f.with_metadata({"encoding": "as-given"}) if f.name == "image" else f for f in IMAGE_SCHEMA),
+        pa.field("format", pa.string(), nullable=True),
+        pa.field("bit_depth", pa.int8(), nullable=True),
+        pa.field("lot", pa.string(), nullable=True),
+        pa.field("panel_id", pa.string(), nullable=True),
+        pa.field("source", pa.string(), nullable=True),
+    ],
+    metadata={"adcp.schema": "aoi-image/1", "adcp.variant": "imported"},
 )
 
 BOX_TYPE = pa.struct(

@@ -156,8 +156,8 @@ def test_initial_table_from_a_synthetic_dataset(tmp_path):
 
 def test_exported_names():
     assert set(ann.__all__) == {
-        "CHANGELOG_SCHEMA", "TRACKED_FIELDS", "UPDATE_COLUMNS", "annotations_from_dataset",
-        "publish_annotations", "read_annotations", "read_changelog", "upsert",
+        "CHANGELOG_SCHEMA", "CLASS_NAME_RE", "TRACKED_FIELDS", "UPDATE_COLUMNS", "annotations_from_dataset",
+        "check_class_names", "publish_annotations", "read_annotations", "read_changelog", "upsert",
     }
 
 
