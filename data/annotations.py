@@ -305,6 +305,7 @@ def publish_annotations(
     base_version: str | None = None,
     dataset: str | None = None,
     classes: Iterable[str] | None = None,
+    extra_files: dict[str, pa.Table] | None = None,
 ) -> Manifest:
     """Publish the next version of `annotations/<name>`: the latest version (or `base_version`)
     with `updates` upserted, plus the cumulative changelog; returns the new manifest.
@@ -312,9 +313,14 @@ def publish_annotations(
     The first version is `updates` itself (e.g. `annotations_from_dataset(ds)`). When the updates
     change nothing, nothing is published and the base version's manifest is returned. `dataset`
     ("name@version") is recorded in the meta; `classes` is the label vocabulary (default
-    DEFECT_CLASSES). Raises InputError for invalid updates (see
-    `upsert`), NotFoundError when `base_version` does not exist.
+    DEFECT_CLASSES); `extra_files` ({file name: table}) go into the version as Parquet beside the
+    table (e.g. the review sync's `verdicts.parquet`). Raises InputError for invalid updates (see
+    `upsert`) or an extra file named like the table or changelog, NotFoundError when
+    `base_version` does not exist.
     """
+    extra_files = dict(extra_files or {})
+    if {TABLE_FILE, CHANGELOG_FILE} & set(extra_files):
+        raise InputError(f"Extra annotation files may not be named {TABLE_FILE} or {CHANGELOG_FILE}.")
     base: Manifest | None
     if base_version is None:
         try:
@@ -343,6 +349,8 @@ def publish_annotations(
     with tempfile.TemporaryDirectory(prefix="adcp-annotations-") as tmp:
         pq.write_table(new_table, Path(tmp) / TABLE_FILE, compression="zstd")
         pq.write_table(full_log, Path(tmp) / CHANGELOG_FILE, compression="zstd")
+        for file, extra in extra_files.items():
+            pq.write_table(extra, Path(tmp) / file, compression="zstd")
         return publish_artifact(store, KIND, name, version, Path(tmp), meta=meta)
 
 
