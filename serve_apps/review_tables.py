@@ -133,7 +133,6 @@ verdict_events = Table(
 #: Every decision the ADC app made (recorded or not), added up in batches.
 decision_counts = Table(
     "decision_counts",
-    "make_engine",
     metadata,
     Column("site", String(253), primary_key=True),
     Column("product", String(255), primary_key=True),
