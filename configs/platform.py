@@ -94,6 +94,16 @@ class StoreConfig(_Strict):
 class ApiConfig(_Strict):
     host: str = Field("127.0.0.1", description="Address the coordinator's HTTP API binds to.")
     port: int = Field(0, ge=0, le=65535, description="0 picks a free port at `adcp up`.")
+    public_url: str | None = Field(None, description="The coordinator's base URL as the sites reach it "
+                                   "(review stations exchange API tokens there); default: http://host:port "
+                                   "of the running coordinator")
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https?://[^\s/]+", v):
+            raise ValueError(f'Got "{v}" for api.public_url: give an http:// or https:// base URL')
+        return v.rstrip("/") if v else v
 
 
 class CenterConfig(_Strict):

@@ -9,6 +9,15 @@ differences (registry, GPUs, replicas, store, node selectors, labels), so each c
 exactly what `--target kuberay` renders for it. With `karmada.spread.sites`, the RayService
 template is placed by `policies/spread.yaml` instead, its replicas divided over those sites; their
 overrides then leave worker replicas to Karmada.
+
+The RayService holds both Serve apps (ADC and the review station) and their environment
+(`configs.site_env`: site, store, display names, the center's public key and URL); the review DB
+URL is read from the Secret `SiteConfig.review_db_secret` (key `url`), which the render does not
+hold: the operator creates it, at the site for `kuberay`, in `karmada.namespace` on the Karmada
+apiserver for `karmada`, where `policies/review-db-secrets.yaml` pins each site's Secret to that
+site's cluster only. The RayService template refers to the neutral `adcp-review-db` and each
+site's override names its own Secret, so that `propagateDeps` never carries one site's database
+credentials to another site's cluster.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from typing import Literal
 
 import yaml
 
+from configs import site_env
 from configs.errors import ConfigError, InputError, NotFoundError
 from configs.kube import KubeRayRuntime
 from configs.models import ServeConfig
@@ -31,8 +41,12 @@ from raycluster.k8s_names import dns_name, label_value
 
 Target = Literal["kuberay", "karmada"]
 TARGETS = ("kuberay", "karmada")
+#: The review DB Secret the Karmada RayService template refers to; no such object exists on the
+#: Karmada apiserver, so propagateDeps carries none (each site's override names its own).
+TEMPLATE_DB_SECRET = "adcp-review-db"
 
-__all__ = ["Target", "cluster_of", "load", "render", "site_objects", "training_job", "write"]
+__all__ = ["TEMPLATE_DB_SECRET", "Target", "cluster_of", "load", "render", "serve_env", "site_objects",
+           "training_job", "write"]
 
 
 def cluster_of(site: SiteConfig) -> str:
@@ -50,12 +64,21 @@ def with_registry(obj: dict, registry: str | None) -> dict:
 
 
 def site_objects(site: SiteConfig, serve: ServeConfig | None = None, *, model_uri: str | None = None,
-                 working_dir: str | None = None) -> dict[str, dict]:
+                 working_dir: str | None = None, env: dict[str, str] | None = None,
+                 db_secret: str | None = None) -> dict[str, dict]:
     """{"raycluster": ..., "rayservice": ...} as kubectl applies them at the site: KubeRay's objects
-    with images from the site's registry."""
+    with images from the site's registry (`env`, `db_secret`: as `kuberay.ray_service` takes them)."""
     cluster = kuberay.ray_cluster(site)
-    service = kuberay.ray_service(site, serve, model_uri=model_uri, working_dir=working_dir)
+    service = kuberay.ray_service(site, serve, model_uri=model_uri, working_dir=working_dir, env=env,
+                                  db_secret=db_secret)
     return {"raycluster": with_registry(cluster, site.registry), "rayservice": with_registry(service, site.registry)}
+
+
+def serve_env(platform: PlatformConfig, site: SiteConfig, public_key: str | None = None) -> dict[str, str]:
+    """The Serve apps' environment at `site` as rendered (the DB URL comes from the Secret): the
+    platform's display names, `center.api.public_url`, and the center's public key when given."""
+    return site_env.site_env(site, platform.display_names, public_key=public_key,
+                             center_url=platform.center.api.public_url)
 
 
 def _kuberay_sites(platform: PlatformConfig, names: list[str] | None) -> list[SiteConfig]:
@@ -80,21 +103,29 @@ def _kuberay_sites(platform: PlatformConfig, names: list[str] | None) -> list[Si
 
 def render(platform: PlatformConfig, target: Target, *, sites: list[str] | None = None,
            serve: ServeConfig | None = None, model_uri: str | None = None, working_dir: str | None = None,
-           template_site: str | None = None) -> dict[str, list[dict]]:
+           template_site: str | None = None, center_public_key: str | None = None) -> dict[str, list[dict]]:
     """Relative file path -> objects. `kuberay`: `<site>/raycluster.yaml`, `<site>/rayservice.yaml`;
-    `karmada`: `templates/*.yaml`, `policies/propagation.yaml`, `policies/override-<site>.yaml` and
-    `policies/spread.yaml` when the RayService is spread. `template_site` (default: the first
-    rendered site) is the site the Karmada templates are rendered from.
+    `karmada`: `templates/*.yaml`, `policies/propagation.yaml`, `policies/override-<site>.yaml`,
+    `policies/review-db-secrets.yaml` and `policies/spread.yaml` when the RayService is spread.
+    `template_site` (default: the first rendered site) is the site the Karmada templates are
+    rendered from. `center_public_key`: the center's station-token key (PEM) for the review
+    stations (`GET /api/v1/review/public-key`); without it they accept no station token.
 
     Raises NotFoundError for an unknown site, ConfigError when no kuberay site is selected or the
     sites cannot share one Karmada template, InputError for an unknown target."""
     if target not in TARGETS:
         raise InputError(f'Got "{target}" for the render target.', allowed=", ".join(TARGETS))
     chosen = _kuberay_sites(platform, sites)
-    objects = {s.name: site_objects(s, serve, model_uri=model_uri, working_dir=working_dir) for s in chosen}
+    envs = {s.name: serve_env(platform, s, center_public_key) for s in chosen}
+    objects = {s.name: site_objects(s, serve, model_uri=model_uri, working_dir=working_dir, env=envs[s.name])
+               for s in chosen}
     if target == "kuberay":
         return {f"{name}/{kind}.yaml": [obj] for name, objs in objects.items() for kind, obj in objs.items()}
-    return _karmada(platform, chosen, objects, objects[_template_site(chosen, template_site).name])
+    tpl = _template_site(chosen, template_site)
+    templates = {**objects[tpl.name], "rayservice": site_objects(
+        tpl, serve, model_uri=model_uri, working_dir=working_dir, env=envs[tpl.name],
+        db_secret=TEMPLATE_DB_SECRET)["rayservice"]}
+    return _karmada(platform, chosen, objects, templates)
 
 
 def _template_site(chosen: list[SiteConfig], name: str | None) -> SiteConfig:
@@ -151,6 +182,11 @@ def _karmada(platform: PlatformConfig, chosen: list[SiteConfig], objects: dict[s
             "adcp-ray-sites", placed, namespace=k.namespace, failover=k.failover, cluster_scoped=k.cluster_scoped,
             match_expressions=policies.label_in(k.site_label, [label_value(s.name) for s in chosen]))],
     }
+    out["policies/review-db-secrets.yaml"] = [
+        policies.propagation_policy(
+            dns_name("adcp-review-db", site.name), [_secret_ref(site.review_db_secret, k.namespace)],
+            namespace=k.namespace, cluster_names=[cluster_of(site)], cluster_scoped=k.cluster_scoped)
+        for site in chosen]
     for site in chosen:
         out[f"policies/override-{site.name}.yaml"] = [
             policies.site_override_policy(
@@ -168,6 +204,11 @@ def _karmada(platform: PlatformConfig, chosen: list[SiteConfig], objects: dict[s
             replica_scheduling=scheduling, cluster_scoped=k.cluster_scoped,
             match_expressions=policies.label_in(k.site_label, [label_value(n) for n in spread]))]
     return out
+
+
+def _secret_ref(name: str, namespace: str) -> dict:
+    """A Secret as a policy selects it (the operator creates the object itself)."""
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace}}
 
 
 def write(rendered: dict[str, list[dict]], out: Path) -> list[Path]:

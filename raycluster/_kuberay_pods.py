@@ -120,10 +120,12 @@ def _resources(res: PodResources) -> dict[str, Any]:
     return {"requests": dict(amounts), "limits": dict(amounts)}
 
 
-def _env(site: SiteConfig, rt: KubeRayRuntime) -> list[dict[str, str]]:
+def _env(site: SiteConfig, rt: KubeRayRuntime, extra: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     # The platform's values win over runtime.env: the store URL must match what the center uses.
+    # `extra` (the Serve apps' env: plain values and secretKeyRefs) wins over both.
     env = {**rt.env, "ADCP_SITE": site.name, "ADCP_STORE": site.store.url}
-    return [{"name": k, "value": v} for k, v in env.items()]
+    given = {e["name"] for e in extra or []}
+    return [{"name": k, "value": v} for k, v in env.items() if k not in given] + [dict(e) for e in extra or []]
 
 
 def _ports(rt: KubeRayRuntime, *, head: bool, serve: bool) -> list[dict[str, Any]]:
@@ -153,32 +155,34 @@ def _pod_template(site: SiteConfig, rt: KubeRayRuntime, component: Component, co
 
 
 def _container(site: SiteConfig, rt: KubeRayRuntime, name: str, res: PodResources,
-               ports: list[dict[str, Any]]) -> dict[str, Any]:
+               ports: list[dict[str, Any]], env: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     return {"name": name, "image": rt.image, "ports": ports, "resources": _resources(res),
-            "env": _env(site, rt)}
+            "env": _env(site, rt, env)}
 
 
-def head_group(site: SiteConfig, rt: KubeRayRuntime, component: Component) -> dict[str, Any]:
+def head_group(site: SiteConfig, rt: KubeRayRuntime, component: Component,
+               env: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """headGroupSpec: dashboard on all interfaces, metrics port, no work unless head_schedules_work."""
     params = {"dashboard-host": "0.0.0.0", "dashboard-port": str(rt.dashboard_port),
               "metrics-export-port": str(rt.metrics_port)}
     if not rt.head_schedules_work:
         params["num-cpus"] = "0"
-    container = _container(site, rt, "ray-head", rt.head, _ports(rt, head=True, serve=True))
+    container = _container(site, rt, "ray-head", rt.head, _ports(rt, head=True, serve=True), env)
     return {"rayStartParams": params,
             "template": _pod_template(site, rt, component, container, dict(rt.node_selector), [])}
 
 
 def worker_group(site: SiteConfig, rt: KubeRayRuntime, g: Group, component: Component,
-                 *, serve: bool = False) -> dict[str, Any]:
-    """One workerGroupSpecs entry; `serve` adds the Serve port (RayService's serve-svc targets it)."""
+                 *, serve: bool = False, env: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One workerGroupSpecs entry; `serve` adds the Serve port (RayService's serve-svc targets it);
+    `env`: container env entries over the site's (as for the head)."""
     params = {"metrics-export-port": str(rt.metrics_port)}
     if g.resources.gpus > 0:
         params["num-gpus"] = str(g.resources.gpus)
     if g.ray_resources:
         # KubeRay pastes rayStartParams into the `ray start` shell command: quote the JSON.
         params["resources"] = shlex.quote(json.dumps(g.ray_resources, sort_keys=True))
-    container = _container(site, rt, "ray-worker", g.resources, _ports(rt, head=False, serve=serve))
+    container = _container(site, rt, "ray-worker", g.resources, _ports(rt, head=False, serve=serve), env)
     selector = {**rt.node_selector, **g.node_selector}
     return {
         "groupName": dns_label(g.name, MAX_GROUP),
@@ -191,13 +195,14 @@ def worker_group(site: SiteConfig, rt: KubeRayRuntime, g: Group, component: Comp
 
 
 def cluster_spec(site: SiteConfig, rt: KubeRayRuntime, groups: list[Group], component: Component,
-                 *, serve: bool = False) -> dict[str, Any]:
-    """A RayClusterSpec (also RayService.rayClusterConfig and RayJob.rayClusterSpec)."""
+                 *, serve: bool = False, env: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A RayClusterSpec (also RayService.rayClusterConfig and RayJob.rayClusterSpec); `env`:
+    container env entries (`{name, value}` or `{name, valueFrom}`) for the head and every worker."""
     spec: dict[str, Any] = {
         "rayVersion": rt.ray_version,
         "enableInTreeAutoscaling": rt.autoscaling,
-        "headGroupSpec": head_group(site, rt, component),
-        "workerGroupSpecs": [worker_group(site, rt, g, component, serve=serve) for g in groups],
+        "headGroupSpec": head_group(site, rt, component, env),
+        "workerGroupSpecs": [worker_group(site, rt, g, component, serve=serve, env=env) for g in groups],
     }
     if rt.autoscaling:
         spec["autoscalerOptions"] = {"idleTimeoutSeconds": rt.idle_timeout_s, "upscalingMode": "Default"}

@@ -3,9 +3,17 @@ RayJob. Pure functions returning dicts; dump them with `yaml.safe_dump(..., sort
 
 Each site runs two Ray clusters: the RayCluster `runtime.cluster_name` for jobs (training,
 transfers; KubeRay serves it as `<name>-head-svc`) and the RayService `<name>-serve` for the ADC
-inference app (`<name>-serve-head-svc`, `<name>-serve-serve-svc`). Whatever the user called the
-cluster, group, app or job, the rendered names are DNS labels short enough for the names KubeRay
-derives from them; the name as written is kept in the `adcp.io/name` annotation.
+inference app and the review station (`serve_apps.review:app` at `/review`; services
+`<name>-serve-head-svc`, `<name>-serve-serve-svc`). The RayService's containers carry the apps'
+environment (`configs.site_env`); the review DB URL comes from the Secret
+`SiteConfig.review_db_secret` (key `url`) through `secretKeyRef`, which the operator creates:
+
+    kubectl -n <namespace> create secret generic adcp-review-db-<site> \\
+        --from-literal=url=postgresql+psycopg://USER:PASSWORD@HOST/DB
+
+Whatever the user called the cluster, group, app or job, the rendered names are DNS labels short
+enough for the names KubeRay derives from them; the name as written is kept in the
+`adcp.io/name` annotation.
 
 Volcano: with `runtime.volcano_queue` set, a cluster that has a GPU worker group carries
 `ray.io/scheduler-name: volcano` and `volcano.sh/queue-name`; KubeRay then gang-schedules the whole
@@ -18,10 +26,11 @@ from typing import Any, Literal
 
 import yaml
 
+from configs import site_env as review_env
 from configs.errors import ConfigError, InputError
 from configs.kube import KubeRayRuntime, PodResources, WorkerGroupConfig
 from configs.models import ServeConfig
-from configs.platform import SiteConfig
+from configs.platform import DisplayNames, SiteConfig
 from raycluster._kuberay_pods import (
     MAX_NAME,
     Group,
@@ -39,16 +48,20 @@ API_VERSION = "ray.io/v1"
 #: `import_path` of the ADC Serve app, relative to the code bundle (working_dir).
 SERVE_IMPORT_PATH = "serve_apps.adc:app"
 SERVE_DEPLOYMENT = "ADCDeployment"
+#: The review station app beside it (configs.site_env names it once for every render).
+REVIEW_IMPORT_PATH = review_env.REVIEW_IMPORT_PATH
 #: RayJob.spec.submissionMode values KubeRay v1.7 accepts (rayjob_types.go; the CRD has no enum).
 SUBMISSION_MODES = ("K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode")
 
 __all__ = [
+    "REVIEW_IMPORT_PATH",
     "SERVE_IMPORT_PATH",
     "SUBMISSION_MODES",
     "cluster_name",
     "ray_cluster",
     "ray_job",
     "ray_service",
+    "review_db_env",
     "serve_name",
     "service_names",
     "site_objects",
@@ -80,24 +93,33 @@ def ray_cluster(site: SiteConfig, *, name: str | None = None) -> dict:
 
 
 def ray_service(site: SiteConfig, serve: ServeConfig | None = None, *, model_uri: str | None = None,
-                working_dir: str | None = None, name: str | None = None) -> dict:
-    """The site's RayService running the ADC app (`serve_apps.adc:app`) on a cluster sized for
-    `serve.num_replicas`: head plus one CPU group, or a GPU group when `serve.replica_gpus` > 0.
+                working_dir: str | None = None, name: str | None = None, env: dict[str, str] | None = None,
+                db_secret: str | None = None) -> dict:
+    """The site's RayService running the ADC app (`serve_apps.adc:app`, auditing at the site's
+    `review.audit_rate`) and the review station (`serve_apps.review:app`, route `/review`) on a
+    cluster sized for `serve.num_replicas`: head plus one CPU group, or a GPU group when
+    `serve.replica_gpus` > 0.
 
     `model_uri` (when given) replaces `serve.user_config.model_uri`; `working_dir` is the code
-    bundle URL the app is imported from. Raises ConfigError when the runtime is not `kuberay`, or
-    when a replica cannot fit the site's pods (e.g. GPU replicas on a site without GPU groups).
+    bundle URL the apps are imported from. `env`: the apps' environment as plain container env
+    (default `configs.site_env.site_env(site, DisplayNames())`); `ADCP_REVIEW_DB_URL` is never a
+    plain value: it comes from the Secret `db_secret` (default `site.review_db_secret`), key `url`.
+    Raises ConfigError when the runtime is not `kuberay`, or when a replica cannot fit the site's
+    pods (e.g. GPU replicas on a site without GPU groups).
     """
     rt = kuberay_runtime(site)
     serve = serve or ServeConfig()
     groups = [_serve_group(rt, serve)]
     lbl = {**labels(site, "serve"), **volcano_labels(rt, groups)}
     meta_name = dns_label(name, MAX_NAME) if name else serve_name(site)
+    plain = review_env.site_env(site, DisplayNames()) if env is None else env
+    container_env = [{"name": k, "value": v} for k, v in plain.items() if k != review_env.REVIEW_DB_URL]
+    container_env.append(review_db_env(db_secret or site.review_db_secret))
     spec = {
-        "serveConfigV2": yaml.safe_dump(_serve_config(rt, serve, model_uri, working_dir), sort_keys=False),
+        "serveConfigV2": yaml.safe_dump(_serve_config(site, rt, serve, model_uri, working_dir), sort_keys=False),
         # Zero downtime: the old cluster serves until the new one is ready.
         "upgradeStrategy": {"type": "NewCluster"},
-        "rayClusterConfig": cluster_spec(site, rt, groups, "serve", serve=True),
+        "rayClusterConfig": cluster_spec(site, rt, groups, "serve", serve=True, env=container_env),
     }
     return {"apiVersion": API_VERSION, "kind": "RayService",
             "metadata": metadata(meta_name, rt, lbl, name or f"{rt.cluster_name}-serve"), "spec": spec}
@@ -145,9 +167,15 @@ def ray_job(site: SiteConfig, *, name: str, entrypoint: str, runtime_env: dict |
 
 
 def site_objects(site: SiteConfig, serve: ServeConfig | None = None, *, model_uri: str | None = None,
-                 working_dir: str | None = None) -> list[dict]:
+                 working_dir: str | None = None, env: dict[str, str] | None = None) -> list[dict]:
     """Everything a site runs: [RayCluster, RayService]."""
-    return [ray_cluster(site), ray_service(site, serve, model_uri=model_uri, working_dir=working_dir)]
+    return [ray_cluster(site), ray_service(site, serve, model_uri=model_uri, working_dir=working_dir, env=env)]
+
+
+def review_db_env(secret: str) -> dict[str, Any]:
+    """The container env entry giving `ADCP_REVIEW_DB_URL` from key `url` of Secret `secret`."""
+    return {"name": review_env.REVIEW_DB_URL,
+            "valueFrom": {"secretKeyRef": {"name": secret, "key": review_env.REVIEW_DB_SECRET_KEY}}}
 
 
 def service_names(site: SiteConfig) -> dict[str, str]:
@@ -160,11 +188,17 @@ def service_names(site: SiteConfig) -> dict[str, str]:
             "metrics": f"{head}:{rt.metrics_port}"}
 
 
-def _serve_config(rt: KubeRayRuntime, serve: ServeConfig, model_uri: str | None,
+def _serve_config(site: SiteConfig, rt: KubeRayRuntime, serve: ServeConfig, model_uri: str | None,
                   working_dir: str | None) -> dict[str, Any]:
+    if serve.route_prefix == review_env.REVIEW_ROUTE_PREFIX or serve.app_name == review_env.REVIEW_APP:
+        raise ConfigError(f"The ADC app cannot be named {review_env.REVIEW_APP!r} or served at "
+                          f"{review_env.REVIEW_ROUTE_PREFIX}: the review station has them.",
+                          hint="Use another app_name / route_prefix.")
     user_config = serve.user_config.model_dump(mode="json")
     if model_uri is not None:
         user_config["model_uri"] = model_uri
+    if "audit_rate" in user_config:  # ServeUserConfig.audit_rate: the site's own rate
+        user_config["audit_rate"] = site.review.audit_rate
     actor: dict[str, Any] = {"num_cpus": serve.replica_cpus, "num_gpus": serve.replica_gpus}
     app: dict[str, Any] = {"name": serve.app_name, "import_path": SERVE_IMPORT_PATH,
                            "route_prefix": serve.route_prefix}
@@ -173,7 +207,11 @@ def _serve_config(rt: KubeRayRuntime, serve: ServeConfig, model_uri: str | None,
     app["deployments"] = [{"name": SERVE_DEPLOYMENT, "num_replicas": serve.num_replicas,
                            "max_ongoing_requests": serve.max_ongoing_requests,
                            "ray_actor_options": actor, "user_config": user_config}]
-    return {"http_options": {"host": "0.0.0.0", "port": rt.serve_port}, "applications": [app]}
+    review: dict[str, Any] = {"name": review_env.REVIEW_APP, "import_path": REVIEW_IMPORT_PATH,
+                              "route_prefix": review_env.REVIEW_ROUTE_PREFIX}
+    if working_dir:
+        review["runtime_env"] = {"working_dir": working_dir}
+    return {"http_options": {"host": "0.0.0.0", "port": rt.serve_port}, "applications": [app, review]}
 
 
 def _first(rt: KubeRayRuntime, *, gpu: bool) -> WorkerGroupConfig | None:

@@ -1,6 +1,8 @@
 """The platform's local sites (the embedded default): the coordinator process starts each one's
 Ray head when it starts (`ray start --head` in a session of its own, so the sites outlive a
 coordinator restart and a restarted coordinator finds them running), and reports how far each is.
+A local site's folder (`<home>/sites/<name>/`) also holds its review DB (SQLite, `review.db`)
+unless the site's `review.db_url` says otherwise.
 """
 
 from __future__ import annotations
@@ -13,11 +15,24 @@ from typing import Any
 from configs.errors import AdcpError
 from configs.platform import SiteConfig
 from raycluster import start_site
-from raycluster.local import read_state
+from raycluster.local import read_state, site_dir
 
-__all__ = ["LocalSites"]
+__all__ = ["LocalSites", "review_db_url"]
 
 log = logging.getLogger("adcp.local_sites")
+
+
+def review_db_url(home: Path, site: SiteConfig) -> str | None:
+    """The SQLAlchemy URL of `site`'s review DB: `review.db_url` when set, else for a local site
+    `sqlite:///<home>/sites/<name>/review.db` (its folder made here), else None (a site that is
+    not local and names no DB records nothing)."""
+    if site.review.db_url:
+        return site.review.db_url
+    if not site.local:
+        return None
+    folder = site_dir(Path(home), site.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(folder / 'review.db').resolve()}"
 
 
 class LocalSites:

@@ -55,13 +55,19 @@ def _connect(ctx: Context, kubeconfig: str | None, context: str | None) -> Kube:
 @click.option("--site", "sites", multiple=True, help="A kuberay site to render (repeat; default: all of them).")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True, help="Folder to write into.")
 @click.option("--model-uri", default=None, help="Model the RayService serves (default: the serve defaults).")
+@click.option("--center-public-key", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="PEM file of the center's station-token public key (GET /api/v1/review/public-key), for "
+              "the review stations (ADCP_CENTER_PUBLIC_KEY).")
 @click.pass_obj
-def render_cmd(ctx: Context, target: str, sites: tuple[str, ...], out: Path, model_uri: str | None) -> None:
+def render_cmd(ctx: Context, target: str, sites: tuple[str, ...], out: Path, model_uri: str | None,
+               center_public_key: Path | None) -> None:
     """Render the KubeRay (and Karmada) objects of the platform's kuberay sites as YAML files."""
     from coordinator.cli.context import console
     from karmada import render
 
-    rendered = render.render(_platform(ctx), target, sites=list(sites) or None, model_uri=model_uri)
+    key = center_public_key.read_text(encoding="utf-8") if center_public_key else None
+    rendered = render.render(_platform(ctx), target, sites=list(sites) or None, model_uri=model_uri,
+                             center_public_key=key)
     for path in render.write(rendered, out):
         console.print(str(path), highlight=False, soft_wrap=True, markup=False)
 

@@ -32,8 +32,9 @@ from raycluster.gateway import SiteGateway
 __all__ = ["check", "deploy", "list_models", "parse_model_ref", "rollback", "rollback_target", "served_models"]
 
 #: Serve replicas share the site's CPUs with training; one torch/OMP thread each keeps them from
-#: oversubscribing small machines (every rollout gives the app this same environment: a different
-#: runtime_env would restart replicas instead of swapping the model in place).
+#: oversubscribing small machines (every rollout gives the apps this same environment, plus the
+#: site's `serving.site_env`: a different runtime_env would restart replicas instead of swapping
+#: the model in place).
 SITE_ENV = {"OMP_NUM_THREADS": "1"}
 #: How often the wait asks the site's Serve app which model answers. /v1/model is a cheap local
 #: answer of the replica; 0.1 s keeps the poll's share of the rollout figure small.
@@ -209,11 +210,12 @@ def _deploy_site(center: Center, site: str, ref: ArtifactRef, model_id: str, cod
             center.push(code_ref, [site])
             store = center.store(site)  # the site's copies, whoever wrote them (push or pull)
             model_uri = store.manifest_url(ref)
-            cfg = serve_cfg.model_copy(update={
-                "user_config": serve_cfg.user_config.model_copy(update={"model_uri": model_uri})})
+            cfg = serving.site_user_config(serve_cfg, center.site(site))  # + the site's audit_rate
+            cfg = cfg.model_copy(update={"user_config": cfg.user_config.model_copy(update={"model_uri": model_uri})})
             gw = center.gateway(site)
             config = serving.serve_config(cfg, working_dir=store.object_url(code_entry),
-                                          http_options=gw.serve_http_options(), env=SITE_ENV)
+                                          http_options=gw.serve_http_options(),
+                                          env={**SITE_ENV, **serving.site_env(center, site)})
             say(f"deploying {model_id}")
             serving.deploy(gw.base_url("dashboard"), gw.headers("dashboard"), config, tls=gw.client_options())
             _wait_serving(gw, cfg.app_name, model_id, model_uri, deadline=time.monotonic() + timeout_s)

@@ -118,7 +118,7 @@ def test_every_pod_exports_metrics_and_knows_its_site(runtime: str, builder: str
         (container,) = tmpl["spec"]["containers"]
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         assert ports["metrics"] == rt.metrics_port
-        env = {e["name"]: e["value"] for e in container["env"]}
+        env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
         assert env["ADCP_SITE"] == site.name and env["ADCP_STORE"] == "s3://bucket/fab-a"
         assert rt.env.items() <= env.items()
         assert container["resources"]["requests"] == container["resources"]["limits"]
@@ -193,7 +193,9 @@ def test_serve_config_names_the_app_and_the_model() -> None:
                         max_ongoing_requests=64)
     obj = kuberay.ray_service(site, serve, model_uri=MODEL, working_dir=CODE)
     cfg = yaml.safe_load(obj["spec"]["serveConfigV2"])
-    (app,) = cfg["applications"]
+    app, review = cfg["applications"]
+    assert review == {"name": "review", "import_path": "serve_apps.review:app", "route_prefix": "/review",
+                      "runtime_env": {"working_dir": CODE}}
     assert app["name"] == serve.app_name and app["route_prefix"] == "/adc"
     assert app["import_path"] == "serve_apps.adc:app"
     assert app["runtime_env"] == {"working_dir": CODE}
@@ -207,8 +209,8 @@ def test_serve_config_names_the_app_and_the_model() -> None:
 def test_serve_keeps_configured_model_and_has_no_working_dir_unless_given() -> None:
     serve = ServeConfig.model_validate({"user_config": {"model_uri": "file:///m/1"}})
     cfg = yaml.safe_load(kuberay.ray_service(make_site(RUNTIMES["default"]), serve)["spec"]["serveConfigV2"])
-    (app,) = cfg["applications"]
-    assert "runtime_env" not in app
+    app, review = cfg["applications"]
+    assert "runtime_env" not in app and "runtime_env" not in review
     assert app["deployments"][0]["user_config"]["model_uri"] == "file:///m/1"
 
 
