@@ -115,6 +115,11 @@ class TrainingJobConfig(_Strict):
         default_factory=dict,
         description="Merged into the exported model's lineage (a JSON object on the command line).",
     )
+    annotations: str | None = Field(
+        None,
+        description="Manifest URL of an annotations artifact whose labels replace the dataset's own "
+        "(images without a label there are skipped; the model's classes are the labels present).",
+    )
 
     def _run_or(self, fallback: str) -> str:
         return self.run_name or self.output.rstrip("/").rsplit("/", 1)[-1] or fallback

@@ -30,6 +30,8 @@ class RunRequest(_Strict):
 
     origin: str = Field(..., min_length=1, description="The site the model is for (it comes home there).")
     dataset: str = Field(..., min_length=1, description="NAME[@VERSION] of a dataset in the central store.")
+    annotations: str | None = Field(None, description="NAME[@VERSION] of an annotations artifact in the central "
+                                    "store whose labels replace the dataset's own (e.g. an import's or verdicts').")
     on: str | None = Field(None, description="A site, 'auto', or null (the origin if it fits, else auto).")
     gpus: int = Field(0, ge=0, le=256, description="GPUs the run holds (train: one Ray Train worker each).")
     cpus: float | None = Field(None, gt=0, description="CPUs the run holds; default: what its workers reserve.")
@@ -44,7 +46,7 @@ class RunRequest(_Strict):
     trials: int | None = Field(None, ge=1, le=1000, description="tune: configurations to try.")
     options: dict[str, Any] = Field(default_factory=dict, description="Other TrainConfig/TuneConfig fields.")
 
-    @field_validator("origin", "dataset", "on", "model_name", "model_version")
+    @field_validator("origin", "dataset", "annotations", "on", "model_name", "model_version")
     @classmethod
     def _no_blank(cls, v: str | None) -> str | None:
         if v is not None and not v.strip():

@@ -15,12 +15,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from configs.errors import InputError, IntegrityError, NotFoundError
-from data.artifacts import ArtifactRef, ArtifactStore, Manifest
+from data.artifacts import ArtifactRef, ArtifactStore, Manifest, file_urls
 from data.publish import publish_artifact
 from data.schema import ANNOTATION_SCHEMA, DEFECT_CLASSES
 
@@ -36,6 +37,7 @@ __all__ = [
     "check_class_names",
     "publish_annotations",
     "read_annotations",
+    "read_annotations_url",
     "read_changelog",
     "upsert",
 ]
@@ -360,6 +362,18 @@ def read_annotations(store: ArtifactStore, name: str, version: str | None = None
     Raises NotFoundError when there is no such version.
     """
     return _read_version(store, name, version, (TABLE_FILE,))[1][0].cast(ANNOTATION_SCHEMA)
+
+
+def read_annotations_url(manifest_url: str) -> pa.Table:
+    """The annotations table of the artifact whose manifest is at `manifest_url`
+    (`<store>/artifacts/annotations/<name>/<version>.json`): what a training job at a site reads.
+    Raises NotFoundError when there is no such artifact or it holds no table."""
+    files = file_urls(manifest_url)  # NotFoundError when there is no manifest there
+    if not files or TABLE_FILE not in files:
+        raise NotFoundError(f"{manifest_url} is not an annotations artifact (no {TABLE_FILE}).",
+                            hint="Give the manifest URL of an annotations/<name>@<version> artifact.")
+    with fsspec.open(files[TABLE_FILE], "rb") as f:
+        return pq.read_table(f).cast(ANNOTATION_SCHEMA)
 
 
 def read_changelog(store: ArtifactStore, name: str, version: str | None = None) -> pa.Table:

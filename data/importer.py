@@ -34,7 +34,7 @@ from configs.errors import InputError, NotFoundError
 from data.artifacts import ArtifactRef, ArtifactStore
 from data.image_datasets import ImageRecord, publish_images
 
-__all__ = ["IMAGE_SUFFIXES", "MANIFEST_NAMES", "METADATA_COLUMNS", "import_source"]
+__all__ = ["IMAGE_SUFFIXES", "MANIFEST_NAMES", "METADATA_COLUMNS", "check_source", "import_source"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".dib", ".tif", ".tiff")
 #: Manifest files looked for at the source's root (then any `*.parquet` there).
@@ -44,6 +44,42 @@ METADATA_COLUMNS = ("product", "lot", "panel_id", "aoi_machine", "site", "proces
 
 _ALLOWED_COLUMNS = "columns path,label (+ " + ", ".join(METADATA_COLUMNS) + ")"
 Progress = Callable[[int, int], None]  # (files done so far, files in all)
+
+
+def _open_source(src_url: str, options: dict) -> tuple[Any, str]:
+    try:
+        fs, root = fsspec.core.url_to_fs(src_url, **options)
+    except (ImportError, ValueError, TypeError) as e:
+        raise InputError(f"Cannot read {src_url}: {e}.", hint="Give a folder path or an s3:// URL.") from e
+    root = root.rstrip("/")
+    try:
+        found = fs.isdir(root)
+    except (OSError, ValueError) as e:  # e.g. credentials refused by the object store
+        raise InputError(f"Cannot read {src_url}: {type(e).__name__}: {e}.",
+                         hint="Check the URL and its storage options.") from e
+    if not found:
+        raise NotFoundError(f"No folder at {src_url}.",
+                            hint="The coordinator reads the source itself: give a path on its host or an s3:// URL.")
+    return fs, root
+
+
+def check_source(src_url: str, name: str, *, labels_url: str | None = None,
+                 storage_options: dict | None = None) -> None:
+    """The checks an import makes before it reads any image, cheaply (for an answer before the
+    work starts): a valid dataset name, a source folder, a labels file when one is named, and at
+    least one image file or manifest (the listing stops at the first). Raises InputError or
+    NotFoundError."""
+    ArtifactRef("dataset", name)
+    options = dict(storage_options or {})
+    fs, root = _open_source(src_url, options)
+    if labels_url:
+        _labels_location(fs, root, labels_url, options)
+        return
+    for _, _, names in fs.walk(root):
+        if any(_is_image(n) or n in MANIFEST_NAMES or n.lower().endswith(".parquet") for n in names):
+            return
+    raise InputError(f"No image files found at {src_url}.", allowed="PNG, JPEG, BMP or TIFF files: "
+                     + ", ".join(IMAGE_SUFFIXES))
 
 
 def import_source(
@@ -66,14 +102,7 @@ def import_source(
     """
     ArtifactRef("dataset", name)
     options = dict(storage_options or {})
-    try:
-        fs, root = fsspec.core.url_to_fs(src_url, **options)
-    except (ImportError, ValueError) as e:
-        raise InputError(f"Cannot read {src_url}: {e}.", hint="Give a folder path or an s3:// URL.") from e
-    root = root.rstrip("/")
-    if not fs.exists(root) or not fs.isdir(root):
-        raise NotFoundError(f"No folder at {src_url}.",
-                            hint="The coordinator reads the source itself: give a path on its host or an s3:// URL.")
+    fs, root = _open_source(src_url, options)
     files = sorted(p for p in fs.find(root) if not PurePosixPath(p).name.startswith("."))
     rel = {p: p[len(root):].lstrip("/") for p in files}
     rejected: list[dict[str, str]] = []
@@ -127,19 +156,26 @@ def _folder_items(rel: dict[str, str], rejected: list[dict[str, str]]) -> tuple[
 
 def _manifest_table(fs, root: str, rel: dict[str, str], labels_url: str | None, options: dict) -> pa.Table | None:
     if labels_url:
-        if "://" in labels_url or labels_url.startswith("/"):
-            lfs, lpath = fsspec.core.url_to_fs(labels_url, **(options if "://" in labels_url else {}))
-        else:  # relative to the source
-            lfs, lpath = fs, f"{root}/{labels_url}"
-        if not lfs.exists(lpath):
-            raise NotFoundError(f"No labels file at {labels_url}.",
-                                hint="Give a path the coordinator can read, or one relative to the source.")
+        lfs, lpath = _labels_location(fs, root, labels_url, options)
         return _read_table(lfs, lpath, labels_url)
     at_root = {r: p for p, r in rel.items() if "/" not in r}
     for candidate in (*MANIFEST_NAMES, *sorted(r for r in at_root if r.lower().endswith(".parquet"))):
         if candidate in at_root:
             return _read_table(fs, at_root[candidate], candidate)
     return None
+
+
+def _labels_location(fs, root: str, labels_url: str, options: dict) -> tuple[Any, str]:
+    """(filesystem, path) of a labels file: a URL, an absolute path, or a path relative to the
+    source; NotFoundError when there is none."""
+    if "://" in labels_url or labels_url.startswith("/"):
+        lfs, lpath = fsspec.core.url_to_fs(labels_url, **(options if "://" in labels_url else {}))
+    else:
+        lfs, lpath = fs, f"{root}/{labels_url}"
+    if not lfs.isfile(lpath):
+        raise NotFoundError(f"No labels file at {labels_url}.",
+                            hint="Give a path the coordinator can read, or one relative to the source.")
+    return lfs, lpath
 
 
 def _read_table(fs, path: str, shown: str) -> pa.Table:

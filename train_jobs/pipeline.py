@@ -10,10 +10,33 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from data.annotations import read_annotations_url
+from data.dataset import Dataset
 from data.preprocess import decode_image, normalize, resize
-from data.schema import split_of
+from data.schema import DEFECT_CLASSES, split_of
 
-__all__ = ["DecodeAndLabel", "augment", "only_split", "to_tensors"]
+__all__ = ["DecodeAndLabel", "augment", "only_split", "run_labels", "to_tensors"]
+
+
+def run_labels(dataset: Dataset, annotations_url: str | None) -> tuple[dict[str, str], list[str], str | None]:
+    """(image id -> label, the classes present, the annotations' "NAME@V" or None) a run trains on.
+
+    Without `annotations_url` these are the dataset's own labels and classes. With it, the labels
+    of that annotations artifact replace them: only labels of the dataset's images count (images
+    without one are skipped in training), and the classes are those present, the built-in ones
+    first in their usual order.
+    """
+    if not annotations_url:
+        return dataset.labels(), dataset.classes, None
+    table = read_annotations_url(annotations_url)
+    ids = set(dataset.read_images(["image_id"]).column("image_id").to_pylist())
+    labels = {i: lab for i, lab in zip(table.column("image_id").to_pylist(), table.column("label").to_pylist())
+              if i in ids}
+    present = set(labels.values())
+    classes = [c for c in DEFECT_CLASSES if c in present] + sorted(present - set(DEFECT_CLASSES))
+    parts = annotations_url.rstrip("/").rsplit("/", 2)
+    ann_id = f"{parts[-2]}@{parts[-1].removesuffix('.json')}" if len(parts) == 3 else annotations_url
+    return labels, classes, ann_id
 
 
 class DecodeAndLabel:

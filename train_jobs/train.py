@@ -46,7 +46,7 @@ from data.schema import NO_DEFECT_CLASSES, split_of
 from train_jobs.checkpoints import STATE_FILE, read_checkpoint_state, restore, save_state
 from train_jobs.export import calibrate_and_export, publish_model
 from train_jobs.model import ADCNet
-from train_jobs.pipeline import DecodeAndLabel, augment, only_split, to_tensors
+from train_jobs.pipeline import DecodeAndLabel, augment, only_split, run_labels, to_tensors
 from train_jobs.steps import class_weights, epoch_metrics, evaluate, train_epoch
 
 __all__ = [
@@ -314,14 +314,18 @@ def run(cfg: TrainConfig) -> ModelMetadata:
 
     started = time.monotonic()
     dataset = open_dataset(cfg.dataset)
-    labels = dataset.labels()
-    classes = cfg.classes or dataset.classes
-    unknown = set(classes) - set(dataset.classes)
+    labels, present, annotations = run_labels(dataset, cfg.annotations)
+    classes = cfg.classes or present
+    unknown = set(classes) - set(present)
     if unknown:
         raise ConfigError(
-            f"Classes {sorted(unknown)} are not in dataset {dataset.dataset_id}.",
-            allowed=", ".join(dataset.classes),
+            f"Classes {sorted(unknown)} are not in dataset {dataset.dataset_id}"
+            + (f" with annotations {annotations}." if annotations else "."),
+            allowed=", ".join(present),
         )
+    if not classes:
+        raise ConfigError(f"Dataset {dataset.dataset_id} has no labelled images.",
+                          hint="Label it first (an import with labels, or --annotations NAME@V).")
     no_defect = [c for c in classes if c in NO_DEFECT_CLASSES]
     name, version = model_identity(cfg.model_name, cfg.model_version, dataset.name)
     checkpoint_name = cfg.checkpoint_artifact_name(name)
@@ -399,12 +403,13 @@ def run(cfg: TrainConfig) -> ModelMetadata:
         "dataset_url": dataset.url,
         "dataset_sha256": dataset.sha256,
         "annotations_version": dataset.manifest["annotations"]["version"],
+        "annotations": annotations,
         "code_version": cfg.code_version or os.environ.get("ADCP_CODE_VERSION", "unknown"),
         "trained_at": [cfg.site],
         "checkpoints": cfg.checkpoint_path,
         "training": {"device": device, "workers": cfg.num_workers,
                      "gpus_reserved": cfg.num_workers if cfg.use_gpu else 0},
-        "config": cfg.model_dump(exclude={"dataset", "output", "storage_path", "lineage"}),
+        "config": cfg.model_dump(exclude={"dataset", "output", "storage_path", "lineage", "annotations"}),
     }
     if cfg.artifact_store:
         lineage["checkpoint_artifact"] = f"checkpoint/{checkpoint_name}"

@@ -35,7 +35,7 @@ from data.schema import NO_DEFECT_CLASSES
 from train_jobs.checkpoints import STATE_FILE, save_state
 from train_jobs.export import calibrate_and_export
 from train_jobs.model import ADCNet
-from train_jobs.pipeline import DecodeAndLabel, augment
+from train_jobs.pipeline import DecodeAndLabel, augment, run_labels
 from train_jobs.steps import class_weights, epoch_metrics, evaluate, train_epoch
 from train_jobs.train import check_model_unpublished, model_identity, parse_config, report_model
 
@@ -141,12 +141,13 @@ def run(cfg: TuneConfig) -> tuple[ModelMetadata, dict[str, Any]]:
 
     started = time.monotonic()
     dataset = open_dataset(cfg.dataset)
-    labels = dataset.labels()
-    classes = cfg.classes or dataset.classes
-    unknown = set(classes) - set(dataset.classes)
-    if unknown:
-        raise ConfigError(f"Classes {sorted(unknown)} are not in dataset {dataset.dataset_id}.",
-                          allowed=", ".join(dataset.classes))
+    labels, present, annotations = run_labels(dataset, cfg.annotations)
+    classes = cfg.classes or present
+    unknown = set(classes) - set(present)
+    if unknown or not classes:
+        raise ConfigError(f"Classes {sorted(unknown) or 'none'} are not in dataset {dataset.dataset_id}"
+                          + (f" with annotations {annotations}." if annotations else "."),
+                          allowed=", ".join(present) or "none: label the dataset first")
     no_defect = [c for c in classes if c in NO_DEFECT_CLASSES]
     name, version = model_identity(cfg.model_name, cfg.model_version, dataset.name)
     if cfg.artifact_store:  # fails now, not after the search
@@ -204,6 +205,7 @@ def run(cfg: TuneConfig) -> tuple[ModelMetadata, dict[str, Any]]:
         "dataset_url": dataset.url,
         "dataset_sha256": dataset.sha256,
         "annotations_version": dataset.manifest["annotations"]["version"],
+        "annotations": annotations,
         "code_version": cfg.code_version or os.environ.get("ADCP_CODE_VERSION", "unknown"),
         "trained_at": [cfg.site],
         "training": {"device": "cpu", "workers": 1, "gpus_reserved": 0},
@@ -215,7 +217,8 @@ def run(cfg: TuneConfig) -> tuple[ModelMetadata, dict[str, Any]]:
                              "augment": ["uniform", cfg.augment_min, cfg.augment_max]},
             "best_trial": best.metrics.get("trial_id"), "best_config": best_config,
         },
-        "config": {**cfg.model_dump(exclude={"dataset", "output", "storage_path", "lineage"}), **best_config},
+        "config": {**cfg.model_dump(exclude={"dataset", "output", "storage_path", "lineage", "annotations"}),
+                   **best_config},
         **cfg.lineage,
     }
     meta = calibrate_and_export(

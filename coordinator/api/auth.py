@@ -71,6 +71,7 @@ ROUTE_ROLES: dict[tuple[str, str], tuple[str, ...]] = {
     ("GET", f"{_V1}/transfers/{{transfer_id}}"): _READ,
     ("GET", f"{_V1}/tasks"): _READ,
     ("GET", f"{_V1}/tasks/{{task_id}}"): _READ,
+    ("POST", f"{_V1}/datasets/import"): _SHIP,  # a factory's images into the central store
     # training and tuning
     ("POST", f"{_V1}/jobs/plan"): _BUILD,
     ("POST", f"{_V1}/jobs"): _BUILD,

@@ -302,5 +302,8 @@ def attach(ctx: Context, task_id: str, timeout_s: float, as_json: bool) -> None:
 
 
 def add_commands(cli: click.Group) -> None:
+    from coordinator.cli.imports import data_import
+
+    data.add_command(data_import)
     for cmd in (data, upload, push, artifacts, verify, transfers, tasks, attach):
         cli.add_command(cmd)

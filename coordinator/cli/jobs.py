@@ -85,6 +85,8 @@ def follow_job(ctx: Context, job_id: str, timeout_s: float, as_json: bool) -> di
 @click.command("train")
 @click.option("--for", "origin", required=True, help="The site the model is for.")
 @click.option("--dataset", "dataset_ref", required=True, help="NAME or NAME@VERSION in the central store.")
+@click.option("--annotations", "annotations_ref", default=None,
+              help="NAME[@VERSION] of annotations whose labels replace the dataset's (unlabelled images are skipped).")
 @click.option("--on", "on", default=None, help="A site, or 'auto' (default: the site itself if it fits, else auto).")
 @click.option("--gpus", type=int, default=0, show_default=True, help="GPUs the run needs (one Train worker each).")
 @click.option("--cpus", type=float, default=None, help="CPUs the run needs (default: workers x CPUs per worker).")
@@ -99,13 +101,14 @@ def follow_job(ctx: Context, job_id: str, timeout_s: float, as_json: bool) -> di
 @timeout_option(3600)
 @json_option
 @pass_ctx
-def train(ctx: Context, origin, dataset_ref, on, gpus, cpus, epochs, batch_size, lr, model_name, model_version,
-          deploy, detach, old_site, timeout_s, as_json) -> None:
+def train(ctx: Context, origin, dataset_ref, annotations_ref, on, gpus, cpus, epochs, batch_size, lr, model_name,
+          model_version, deploy, detach, old_site, timeout_s, as_json) -> None:
     """Train a model for a site as a Ray job where capacity is free, through the coordinator:
     checkpoints relayed home, fail-over to another site, the model brought home."""
     if old_site:
         raise click.UsageError(f"--site is gone: run at a site with `--for {old_site} --on {old_site}`.")
-    _start(ctx, {"origin": origin, "dataset": dataset_ref, "on": on, "gpus": gpus, "cpus": cpus, "deploy": deploy,
+    _start(ctx, {"origin": origin, "dataset": dataset_ref, "annotations": annotations_ref, "on": on, "gpus": gpus,
+                 "cpus": cpus, "deploy": deploy,
                  "epochs": epochs, "batch_size": batch_size, "lr": lr, "model_name": model_name,
                  "model_version": model_version}, detach, timeout_s, as_json)
 

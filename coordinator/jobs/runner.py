@@ -67,7 +67,7 @@ class Trainer:
         """Where `req` would run now and why (InputError/NotFoundError for a bad request,
         SiteError when no site fits)."""
         self.center.site(req.origin)  # NotFoundError naming the known sites
-        refs = [self._dataset(req), self._code()] + ([init] if init else [])
+        refs = [self._dataset(req), *self._annotations(req), self._code()] + ([init] if init else [])
         return plan(self.center, req.origin, self.need(req), refs, on=req.on, exclude=exclude)
 
     def start(self, req: RunRequest) -> Job:
@@ -79,7 +79,9 @@ class Trainer:
         if version in self.center.central.versions("model", name):
             raise InputError(f"Model {name}@{version} already exists; published models never change.",
                              hint="Leave --model-version out for a new one.")
-        spec = JobSpec(**{**req.model_dump(), "dataset": str(dataset)}, model=f"model/{name}@{version}",
+        annotations = [str(a) for a in self._annotations(req)]
+        spec = JobSpec(**{**req.model_dump(), "dataset": str(dataset), "annotations": (annotations or [None])[0]},
+                       model=f"model/{name}@{version}",
                        checkpoints=_sanitise(f"{name}-{version}"))
         job = self._save(Job(id=uuid.uuid4().hex[:10], kind=req.kind, origin=req.origin, spec=spec, plan=first))
         self._launch(job.id)
@@ -182,7 +184,8 @@ class Trainer:
         dataset = ArtifactRef.parse(job.spec.dataset)
         code = self._code()
         init = [ArtifactRef.parse(attempt.init_checkpoint)] if attempt.init_checkpoint else []
-        for ref in [dataset, code, *init]:
+        annotations = [ArtifactRef.parse(job.spec.annotations)] if job.spec.annotations else []
+        for ref in [dataset, *annotations, code, *init]:
             self.center.push(ref, [site])
         client = self.center.job_client(site)
         if not follow.exists(client, attempt.submission_id):
@@ -205,6 +208,8 @@ class Trainer:
         model = ArtifactRef.parse(job.spec.model)
         common = {
             "dataset": store.manifest_url(dataset),
+            "annotations": (store.manifest_url(ArtifactRef.parse(job.spec.annotations))
+                            if job.spec.annotations else None),
             "output": f"{store.url}/work/models/{model.name}/{model.version}-a{n}",
             "run_name": f"{model.version}-a{n}",
             "model_name": model.name, "model_version": model.version, "site": site, "code_version": code_version,
@@ -273,6 +278,16 @@ class Trainer:
         if ref.kind != "dataset":
             raise InputError(f"Got {ref} for the dataset.", allowed="NAME[@VERSION] or dataset/NAME[@VERSION]")
         return self.center.central.resolve(ref)
+
+    def _annotations(self, req: RunRequest) -> list[ArtifactRef]:
+        """The annotations artifact a run trains with, resolved to its version ([] for none)."""
+        if not req.annotations:
+            return []
+        ref = ArtifactRef.parse(req.annotations if "/" in req.annotations else f"annotations/{req.annotations}")
+        if ref.kind != "annotations":
+            raise InputError(f"Got {ref} for the annotations.",
+                             allowed="NAME[@VERSION] or annotations/NAME[@VERSION]")
+        return [self.center.central.resolve(ref)]
 
     def _code(self) -> ArtifactRef:
         """The code bundle of this checkout, published to the central store (once per content)."""
