@@ -268,6 +268,10 @@ class ServeUserConfig(_Strict):
     max_images_per_request: int = Field(512, ge=1, le=10_000)
     min_side: int = Field(16, ge=1, description="Smallest image side accepted, in pixels.")
     max_side: int = Field(4096, ge=16, description="Largest image side accepted, in pixels.")
+    audit_rate: float = Field(
+        0.02, ge=0, le=1, description="Share of automatic (defect / false_defect) decisions also queued "
+        "for a human verdict (why=audit), to measure escapes and overkill in production."
+    )
 
     @model_validator(mode="after")
     def _sides(self) -> ServeUserConfig:

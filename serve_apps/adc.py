@@ -5,6 +5,10 @@ share forward passes through one `@serve.batch` method (single images and the ch
 requests alike). `user_config` (`configs.models.ServeUserConfig`) names the model; changing
 `model_uri` loads the new model fully, then swaps one reference, so no request fails.
 
+With `ADCP_REVIEW_DB_URL` and `ADCP_SITE_STORE` in the replica's environment (the site's Serve
+config sets them), every `review` decision and an `audit_rate` share of automatic ones are
+recorded for the review station (serve_apps.recorder), off the request path.
+
 Deploy, e.g. through a Serve config file or `PUT /api/serve/applications/`::
 
     applications:
@@ -32,7 +36,8 @@ from ray.serve import Application
 from configs.models import ServeConfig, ServeUserConfig
 from serve_apps.api import build_api
 from serve_apps.classifier import AdcService, LoadedModel, torch_threads
-from serve_apps.metrics import AppMetrics
+from serve_apps.metrics import AppMetrics, RecorderMetrics
+from serve_apps.recorder import from_env as recorder_from_env
 
 __all__ = [
     "ADCDeployment",
@@ -96,10 +101,19 @@ class ADCDeployment:
             runner=self._run, chunk=lambda: self._max_batch_size, device=device
         )
         self.metrics = AppMetrics()  # on the site's Ray metrics endpoint (serve_apps.metrics)
-        logger.info("ADC replica: %s, %s torch threads (assigned %s)", device, threads, assigned)
+        # Recording for review: on when the site's env names a review DB and a store.
+        self.recorder = recorder_from_env(ServeUserConfig().audit_rate, RecorderMetrics())
+        logger.info("ADC replica: %s, %s torch threads (assigned %s), review recording %s", device, threads,
+                    assigned, "on" if self.recorder else "off")
 
     def __serve_build_asgi_app__(self):
-        return build_api(self.service, self.metrics)
+        return build_api(self.service, self.metrics, self.recorder)
+
+    def __del__(self) -> None:
+        # Serve calls this when it stops the replica: write what is still queued.
+        recorder = getattr(self, "recorder", None)
+        if recorder is not None:
+            recorder.close(timeout=5.0)
 
     def check_health(self) -> None:
         """Serve calls this every `health_check_period_s` (10 s): a cheap liveness answer, and the

@@ -5,12 +5,19 @@ around a plain service and call it through an ASGI transport, without Ray.
 
 Routes: `POST /v1/classify`, `POST /v1/classify/batch`, `GET /v1/model`, `GET /healthz`, and the
 Open Inference Protocol v2 under `/v2`.
+
+Requests may say where an image came from (`product`, `aoi_machine`, `panel_id`): as JSON fields
+next to `image` (per item in a batch, or once for all), multipart form fields, or the headers
+`X-ADC-Product`, `X-ADC-AOI-Machine`, `X-ADC-Panel-Id`. They do not change the answer; with a
+`Recorder` (serve_apps.recorder) they go with the image into the site's review queue.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -29,8 +36,11 @@ from configs.models import ServeUserConfig
 from serve_apps import oip
 from serve_apps.classifier import AdcService, check_count, check_encoded, decode_base64
 from serve_apps.metrics import AppMetrics
+from serve_apps.recorder import Recorder, RequestMeta, dataset_line
 
 __all__ = [
+    "META_FIELDS",
+    "META_HEADERS",
     "RAW_TYPES",
     "body_limit",
     "build_api",
@@ -46,6 +56,10 @@ _BATCH_ALLOWED = (
     "multipart/form-data with one file part per image, or application/json "
     '{"images": ["<base64>", ...]} (items may also be {"id": "...", "data": "<base64>"})'
 )
+#: Where an image came from: JSON/form field -> request header (contract §6).
+META_FIELDS = ("product", "aoi_machine", "panel_id")
+META_HEADERS = {"product": "X-ADC-Product", "aoi_machine": "X-ADC-AOI-Machine", "panel_id": "X-ADC-Panel-Id"}
+_META_MAX = 255
 #: Room for multipart headers and boundaries, and for JSON around base64 payloads.
 _OVERHEAD_PER_IMAGE = 4096
 _OVERHEAD = 64 * 1024
@@ -106,35 +120,73 @@ async def _read_json(request: Request, limit: int) -> Any:
         raise InputError(f"The body is not valid JSON ({e}).", allowed="a JSON object") from e
 
 
-async def _form_files(request: Request, limit: int, max_files: int) -> list[tuple[str, UploadFile]]:
+async def _form_files(
+    request: Request, limit: int, max_files: int
+) -> tuple[list[tuple[str, UploadFile]], dict[str, str]]:
+    """The form's file parts, and its text fields."""
     # One file more than allowed, so that check_count can say how many is too many.
     form = await _capped(request, limit).form(max_files=max_files + 1, max_fields=max_files + 16)
-    return [(k, v) for k, v in form.multi_items() if isinstance(v, UploadFile)]
+    files = [(k, v) for k, v in form.multi_items() if isinstance(v, UploadFile)]
+    fields = {k: v for k, v in form.multi_items() if isinstance(v, str)}
+    return files, fields
 
 
-def _json_images(body: Any, cfg: ServeUserConfig) -> tuple[list[bytes], list[str | None]]:
+def _meta(source: Mapping[str, Any], where: str, base: RequestMeta) -> RequestMeta:
+    """`base` with the metadata fields that `source` (JSON object, form, headers) gives."""
+    values = {}
+    for name in META_FIELDS:
+        value = source.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise InputError(f"{where}{name} is a {type(value).__name__}, not a string.",
+                             allowed=f"{name} as a string of at most {_META_MAX} characters")
+        value = str(value)
+        if len(value) > _META_MAX:
+            raise InputError(f"{where}{name} has {len(value)} characters.",
+                             allowed=f"{name} as a string of at most {_META_MAX} characters")
+        values[name] = value
+    return replace(base, **values) if values else base
+
+
+def _header_meta(request: Request) -> RequestMeta:
+    headers = {name: request.headers.get(header) for name, header in META_HEADERS.items()}
+    return _meta(headers, "header ", RequestMeta())
+
+
+def _json_images(
+    body: Any, cfg: ServeUserConfig, base: RequestMeta
+) -> tuple[list[bytes], list[str | None], list[RequestMeta]]:
     items = body.get("images") if isinstance(body, dict) else None
     if not isinstance(items, list):
         raise InputError('The JSON body has no "images" list.', allowed=_BATCH_ALLOWED)
     check_count(len(items), cfg)
+    base = _meta(body, "", base)
     images: list[bytes] = []
     ids: list[str | None] = []
+    metas: list[RequestMeta] = []
     for i, item in enumerate(items):
         ident = None
+        meta = base
         if isinstance(item, dict):
             ident = item.get("id")
             if ident is not None and not isinstance(ident, str):
                 raise InputError(f"images[{i}].id is a {type(ident).__name__}, not a string.")
+            meta = _meta(item, f"images[{i}].", base)
             item = item.get("data", item.get("image"))
         data = decode_base64(item, f"images[{i}]")
         images.append(check_encoded(data, cfg, ident or f"images[{i}]"))
         ids.append(ident)
-    return images, ids
+        metas.append(meta)
+    return images, ids, metas
 
 
-def build_api(service: AdcService, metrics: AppMetrics | None = None) -> FastAPI:
+def build_api(
+    service: AdcService, metrics: AppMetrics | None = None, recorder: Recorder | None = None
+) -> FastAPI:
     """A FastAPI app serving `service` (one app per replica); `metrics` (the replica's) counts
-    requests, images, decisions and latency."""
+    requests, images, decisions and latency; `recorder` (when recording is on) is handed each
+    answered request's images, answers and metadata, off the request path."""
     api = FastAPI(
         title="ADC inference",
         description="Automatic defect classification of AOI images.",
@@ -143,11 +195,17 @@ def build_api(service: AdcService, metrics: AppMetrics | None = None) -> FastAPI
     if metrics is not None:
         _measure(api, metrics)
 
-    async def classify_counted(request: Request, images: list[Any], ids: list[Any] | None = None):
+    async def classify_counted(request: Request, images: list[Any], ids: list[Any] | None = None,
+                               metas: list[RequestMeta] | RequestMeta | None = None):
         request.state.images = len(images)
         result = await service.classify(images, ids)
         if metrics is not None:
             metrics.answers(result[2])
+        if recorder is not None:
+            model = result[0]
+            recorder.submit(images, result[2], metas if metas is not None else _header_meta(request),
+                            model_version=model.model_id, classes=model.meta.classes,
+                            dataset=dataset_line(model.meta.lineage), audit_rate=service.config.audit_rate)
         return result
 
     @api.exception_handler(AdcpError)
@@ -187,10 +245,12 @@ def build_api(service: AdcService, metrics: AppMetrics | None = None) -> FastAPI
         cfg = service.config
         media = _media_type(request)
         ident = None
+        meta = _header_meta(request)
         if media in RAW_TYPES or media.startswith("image/"):
             data = await _read_body(request, cfg.max_image_bytes)
         elif media == "multipart/form-data":
-            files = await _form_files(request, body_limit(cfg, 1), 1)
+            files, fields = await _form_files(request, body_limit(cfg, 1), 1)
+            meta = _meta(fields, "form field ", meta)
             named = [f for k, f in files if k in SINGLE_FIELDS]
             if len(named) != 1:
                 got = [k for k, _ in files]
@@ -207,13 +267,14 @@ def build_api(service: AdcService, metrics: AppMetrics | None = None) -> FastAPI
             data, ident = decode_base64(body["image"], "image"), body.get("id")
             if ident is not None and not isinstance(ident, str):
                 raise InputError(f'"id" is a {type(ident).__name__}, not a string.')
+            meta = _meta(body, "", meta)
         else:
             raise UnsupportedMediaError(
                 f"Content-Type {media or '(none)'!r} is not accepted.",
                 allowed=_SINGLE_ALLOWED,
                 hint="With curl: -H 'Content-Type: image/png' --data-binary @image.png",
             )
-        _, _, answers = await classify_counted(request, [data], [ident])
+        _, _, answers = await classify_counted(request, [data], [ident], meta)
         return JSONResponse(answers[0])
 
     @api.post("/v1/classify/batch")
@@ -222,8 +283,10 @@ def build_api(service: AdcService, metrics: AppMetrics | None = None) -> FastAPI
         cfg = service.config
         media = _media_type(request)
         n = cfg.max_images_per_request
+        meta: list[RequestMeta] | RequestMeta = _header_meta(request)
         if media == "multipart/form-data":
-            files = await _form_files(request, body_limit(cfg, n), n)
+            files, fields = await _form_files(request, body_limit(cfg, n), n)
+            meta = _meta(fields, "form field ", meta)
             check_count(len(files), cfg)
             images, ids = [], []
             for i, (_, f) in enumerate(files):
@@ -232,13 +295,13 @@ def build_api(service: AdcService, metrics: AppMetrics | None = None) -> FastAPI
                 ids.append(f.filename or None)
         elif media == "application/json":
             body = await _read_json(request, body_limit(cfg, n, base64=True))
-            images, ids = _json_images(body, cfg)
+            images, ids, meta = _json_images(body, cfg, meta)
         else:
             raise UnsupportedMediaError(
                 f"Content-Type {media or '(none)'!r} is not accepted for a batch.",
                 allowed=_BATCH_ALLOWED,
             )
-        model, _, answers = await classify_counted(request, images, ids)
+        model, _, answers = await classify_counted(request, images, ids, meta)
         return JSONResponse({"results": answers, "model_version": model.model_id})
 
     # -- Open Inference Protocol v2 -------------------------------------------------------

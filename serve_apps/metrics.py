@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["EXPORTED", "LATENCY_BOUNDARIES_MS", "AppMetrics", "route_of"]
+__all__ = ["EXPORTED", "LATENCY_BOUNDARIES_MS", "AppMetrics", "RecorderMetrics", "route_of"]
 
 #: Histogram bucket upper bounds (ms): a one-image request takes ~5-50 ms, a 256-image batch ~1 s.
 LATENCY_BOUNDARIES_MS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000]
@@ -27,6 +27,10 @@ EXPORTED = {
     "adc_decisions": "ray_adc_decisions_total",
     "adc_latency_ms": "ray_adc_latency_ms",
     "adc_model_info": "ray_adc_model_info",
+    # The review recorder (serve_apps.recorder): images queued for review, failures, drops.
+    "adcp_review_recorded": "ray_adcp_review_recorded_total",
+    "adcp_review_record_errors": "ray_adcp_review_record_errors_total",
+    "adcp_review_dropped": "ray_adcp_review_dropped_total",
 }
 
 _ROUTES = ("/v1/classify/batch", "/v1/classify", "/v2/models")
@@ -113,3 +117,39 @@ class AppMetrics:
         its periodic health check and every request does too."""
         if self._model is not None:
             self._metrics()["model"].set(1, tags={"model": self._model})
+
+
+class RecorderMetrics:
+    """The review recorder's counters on the Ray metrics endpoint (`ray_adcp_review_*_total`),
+    created on first use; `serve_apps.recorder.Recorder` takes any object with these methods."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._m: dict[str, Any] | None = None
+
+    def _counter(self, key: str) -> Any:
+        with self._lock:
+            if self._m is None:
+                from ray.util import metrics as rm
+
+                self._m = {
+                    "recorded": rm.Counter("adcp_review_recorded", description="Decisions written to the site "
+                                           "review queue (image in the site store, row in the review DB)."),
+                    "errors": rm.Counter("adcp_review_record_errors", description="Decisions the review "
+                                         "recorder failed to write (store or DB errors)."),
+                    "dropped": rm.Counter("adcp_review_dropped", description="Decisions not recorded because "
+                                          "the recorder's queue was full."),
+                }
+            return self._m[key]
+
+    def recorded(self, n: int) -> None:
+        if n:
+            self._counter("recorded").inc(n)
+
+    def errors(self, n: int) -> None:
+        if n:
+            self._counter("errors").inc(n)
+
+    def dropped(self, n: int) -> None:
+        if n:
+            self._counter("dropped").inc(n)
