@@ -17,15 +17,18 @@ import yaml
 from coordinator.cli.main import main
 
 
-def platform_yaml(sites: dict[str, dict[str, Any]], center: dict[str, Any] | None = None) -> str:
+def platform_yaml(sites: dict[str, dict[str, Any]], center: dict[str, Any] | None = None,
+                  settings: dict[str, dict[str, Any]] | None = None) -> str:
     """A platform file: the center under {home} and each site local, with its runtime settings
-    (num_cpus, num_gpus, object_store_mb, resources) and its own store folder."""
+    (num_cpus, num_gpus, object_store_mb, resources), its own store folder and any other site
+    settings in `settings[name]` (display_name, review, labels)."""
     doc = {
         "center": {"state_db": "{home}/coordinator.db", "store": {"url": "{home}/store"}, **(center or {})},
         "sites": [
             {"name": name,
              "runtime": {"kind": "local", "num_cpus": 2, "object_store_mb": 200, **runtime},
-             "store": {"url": f"{{home}}/sites/{name}/store"}}
+             "store": {"url": f"{{home}}/sites/{name}/store"},
+             **(settings or {}).get(name, {})}
             for name, runtime in sites.items()
         ],
     }
@@ -33,11 +36,12 @@ def platform_yaml(sites: dict[str, dict[str, Any]], center: dict[str, Any] | Non
 
 
 @contextlib.contextmanager
-def running_platform(home: Path, sites: dict[str, dict[str, Any]]) -> Iterator[Path]:
+def running_platform(home: Path, sites: dict[str, dict[str, Any]],
+                     settings: dict[str, dict[str, Any]] | None = None) -> Iterator[Path]:
     """`adcp up` a platform of local `sites` under `home` (created), yield `home`, `adcp down`."""
     home.mkdir(parents=True, exist_ok=True)
     platform = home.parent / f"{home.name}-platform.yaml"
-    platform.write_text(platform_yaml(sites))
+    platform.write_text(platform_yaml(sites, settings=settings))
     try:
         if main(["--home", str(home), "--platform", str(platform), "up"]) != 0:
             raise RuntimeError("adcp up failed (see the output above)")

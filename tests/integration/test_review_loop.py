@@ -1,0 +1,175 @@
+"""The line's loop on one real local Ray site, as its users run it: an engineer imports a factory's
+own images (`adcp data import`), a model is rolled out (both Serve apps: ADC at `/`, the review
+station at `/review`), an AOI machine classifies over HTTP with its product, every `review`
+decision and the audit sample land in the site's review queue (`adcp review queue`), a reviewer
+the center issued logs in at the station and gives verdicts (one undone and given again), the
+coordinator pulls them back (`adcp review sync`, twice: nothing is counted twice), and production
+quality is measured from them (`adcp quality`).
+
+The browser side of the station (keyboard, two reviewers, 403 at another site) is
+tests/integration/test_review_station_browser.py; this test drives the station's JSON routes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs.station_tokens import STATION_TOKEN_HEADER
+from data.schema import DEFECT_CLASSES, NO_DEFECT_CLASSES
+from tests.platform_fixtures import run_cli, running_platform
+from tests.serve_fixtures import export_tiny_model, wait_for
+
+pytestmark = pytest.mark.integration
+
+CLASSES = ("particle", "scratch", "false_defect")
+PER_CLASS = 6
+
+
+def _cli_json(capsys, home: Path, *args: str):
+    code, out, err = run_cli(capsys, home, *args, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def _factory_folder(root: Path) -> dict[str, str]:
+    """A folder per class of PNG, BMP and 16-bit TIFF images, plus one truncated PNG; returns
+    file name -> class of the good files."""
+    rng = np.random.default_rng(7)
+    labels = {}
+    for label in CLASSES:
+        (root / label).mkdir(parents=True)
+        for i in range(PER_CLASS):
+            name = f"{label}-{i}"
+            if i % 3 == 2:
+                pixels = rng.integers(0, 65535, (48, 40), dtype=np.uint16)
+                Image.fromarray(pixels).save(root / label / f"{name}.tif")
+                labels[f"{name}.tif"] = label
+            else:
+                pixels = rng.integers(0, 255, (40, 48), dtype=np.uint8)
+                ext = "bmp" if i % 3 == 1 else "png"
+                Image.fromarray(pixels).save(root / label / f"{name}.{ext}")
+                labels[f"{name}.{ext}"] = label
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (40, 48), dtype=np.uint8)).save(buf, format="PNG")
+    (root / "particle" / "broken.png").write_bytes(buf.getvalue()[:200])
+    return labels
+
+
+@pytest.fixture(scope="module")
+def line(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("line")
+    home = tmp / "home"
+    settings = {"fab-a": {"display_name": "北京一厂", "review": {"audit_rate": 1.0}}}
+    with running_platform(home, {"fab-a": {"num_cpus": 2, "object_store_mb": 300}}, settings):
+        yield home, tmp
+
+
+def test_import_classify_review_sync_quality(line, capsys):
+    home, tmp = line
+    labels = _factory_folder(tmp / "factory")
+
+    # 1. a factory's own images in
+    report = _cli_json(capsys, home, "data", "import", str(tmp / "factory"), "--name", "factory")
+    assert report["dataset"] == "factory@1"
+    assert report["images"] == len(labels)
+    assert [Path(r["path"]).name for r in report["rejected"]] == ["broken.png"]
+    assert report["bytes"] > 0
+    again = _cli_json(capsys, home, "data", "import", str(tmp / "factory"), "--name", "factory")
+    assert again["changed"] is False and again["dataset"] == "factory@1"
+
+    # 2. a model at the site: review for low-confidence classes, automatic (and audited) for the rest
+    thresholds = {c: (1.01 if c in ("particle", "scratch") else 0.0) for c in DEFECT_CLASSES}
+    export_tiny_model(tmp / "adc-line", "1", name="adc-line", thresholds=thresholds)
+    assert run_cli(capsys, home, "upload", str(tmp / "adc-line"), "--as", "model/adc-line@1")[0] == 0
+    assert run_cli(capsys, home, "model", "deploy", "adc-line@1", "--to", "fab-a")[0] == 0
+    env = _cli_json(capsys, home, "site", "env", "fab-a")
+    serve, headers = env["serve_url"], env["serve_headers"]
+
+    # 3. the AOI machine classifies, naming its product
+    files = sorted(p for p in (tmp / "factory").rglob("*") if p.name in labels)
+    answers = {}
+    with httpx.Client(timeout=60, headers=headers) as client:
+        for path in files:
+            r = client.post(f"{serve}/v1/classify", content=path.read_bytes(),
+                            headers={"Content-Type": "application/octet-stream", "X-ADC-Product": "p1",
+                                     "X-ADC-AOI-Machine": "aoi-07"})
+            assert r.status_code == 200, r.text
+            answers[path.name] = r.json()
+    decisions = [a["decision"] for a in answers.values()]
+    assert "review" in decisions and set(decisions) - {"review"}, decisions
+
+    # every review decision and (audit_rate 1.0) every automatic one reaches the queue, off the request path
+    def queued():
+        return _cli_json(capsys, home, "review", "queue", "--site", "fab-a")
+
+    wait_for(lambda: len(queued()) == len(files), 60, "every classified image in the review queue")
+    items = queued()
+    assert {i["why"] for i in items} == {"low_confidence", "audit"}
+    assert {i["model_version"] for i in items} == {"adc-line@1"}
+    assert sum(i["decision"] == "review" for i in items) == decisions.count("review")
+
+    # 4. a reviewer the center issued logs in at the station (API token exchanged for a station token)
+    user = _cli_json(capsys, home, "user", "add", "li", "--role", "reviewer", "--sites", "fab-a")
+    station = f"{serve}/review"
+    with httpx.Client(timeout=60, headers=headers) as client:
+        assert client.get(f"{station}/").status_code == 200
+        login = client.post(f"{station}/api/login", json={"api_token": user["token"]})
+        assert login.status_code == 200, login.text
+        client.headers[STATION_TOKEN_HEADER] = login.json()["token"]
+        me = client.get(f"{station}/api/me").json()
+        assert me["display_name"] == "北京一厂" and me["user"] == "li"
+        bad = client.post(f"{station}/api/verdict", json={"item_id": items[0]["id"], "label": "nonsense"})
+        assert bad.status_code in (400, 409, 422) and bad.json()["detail"]
+
+        claimed = client.post(f"{station}/api/claim", json={"n": 100}).json()["items"]
+        assert len(claimed) == len(files)
+        by_sha = {}
+        for path in files:
+            by_sha[hashlib.sha256(path.read_bytes()).hexdigest()] = labels[path.name]
+        for k, item in enumerate(claimed):
+            image = client.get(f"{station}/api/images/{item['image_sha256']}")
+            assert image.status_code == 200 and image.content
+            verdict = {"item_id": item["id"], "label": by_sha[item["image_sha256"]]}
+            r = client.post(f"{station}/api/verdict", json=verdict)
+            assert r.status_code == 200, r.text
+            if k == 0:  # a slip: undo it and judge again
+                assert client.post(f"{station}/api/undo", json={}).status_code == 200
+                r = client.post(f"{station}/api/verdict", json=verdict)
+                assert r.status_code == 200, r.text
+        assert client.get(f"{station}/api/queue").json()["total"] == 0
+
+    # 5. verdicts back to the center, once
+    first = _cli_json(capsys, home, "review", "sync")
+    assert first["verdicts_new"] == len(files)
+    assert first["annotations"].split("@")[0].startswith("reviewed")
+    second = _cli_json(capsys, home, "review", "sync")
+    assert second["verdicts_new"] == 0
+
+    # 6. production quality from those verdicts, with the counts behind each figure
+    automatic = [(a, by_label) for a, by_label in
+                 ((answers[p.name], labels[p.name]) for p in files) if a["decision"] != "review"]
+    escapes = sum(a["decision"] == "false_defect" and truth not in NO_DEFECT_CLASSES for a, truth in automatic)
+    overkill = sum(a["decision"] == "defect" and truth in NO_DEFECT_CLASSES for a, truth in automatic)
+    audited_false = sum(a["decision"] == "false_defect" for a, _ in automatic)
+    audited_defect = sum(a["decision"] == "defect" for a, _ in automatic)
+
+    def figures():
+        sites = _cli_json(capsys, home, "quality", "--site", "fab-a")["sites"]
+        return sites[0] if sites and sites[0].get("classified") == len(files) and sites[0]["backlog"] == 0 else None
+
+    site = wait_for(figures, 60, "quality figures of fab-a")
+    assert site["display_name"] == "北京一厂"
+    assert site["automatic"] == len(automatic)
+    assert site["automation_rate"] == pytest.approx(len(automatic) / len(files))
+    assert (site["escapes"], site["audited_false_defect"]) == (escapes, audited_false)
+    assert (site["overkill"], site["audited_defect"]) == (overkill, audited_defect)
+    if audited_false:
+        assert site["escape_rate"] == pytest.approx(escapes / audited_false)
