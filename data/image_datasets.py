@@ -86,21 +86,32 @@ class ImageImport:
         return asdict(self)
 
 
-def _inspect(data: bytes) -> ImageInfo | str:
+@dataclass(frozen=True)
+class _Known:
+    """An image the previous version already holds (checked when it was published)."""
+
+    sha256: str
+
+
+def _inspect(data: bytes, known: set[str]) -> ImageInfo | _Known | str:
+    digest = hashlib.sha256(data).hexdigest()
+    if digest in known:
+        return _Known(digest)  # stored and checked before: no second decode on a re-import
     try:
         return inspect_image(data)
     except UnreadableImageError as e:
         return e.reason
 
 
-def _checked(records: Iterable[ImageRecord], workers: int) -> Iterator[tuple[ImageRecord, ImageInfo | str]]:
-    """(record, its ImageInfo or the reason it is refused), in input order, decoding up to
-    `workers` at a time with a window of 4 x workers records in memory."""
+def _checked(records: Iterable[ImageRecord], workers: int,
+             known: set[str]) -> Iterator[tuple[ImageRecord, ImageInfo | _Known | str]]:
+    """(record, its ImageInfo, _Known, or the reason it is refused), in input order, decoding up
+    to `workers` at a time with a window of 4 x workers records in memory."""
     window = max(2, 4 * workers)
     with ThreadPoolExecutor(workers, thread_name_prefix="adcp-decode") as pool:
         pending: deque = deque()
         for rec in records:
-            pending.append((rec, pool.submit(_inspect, rec.data)))
+            pending.append((rec, pool.submit(_inspect, rec.data, known)))
             if len(pending) >= window:
                 rec0, fut = pending.popleft()
                 yield rec0, fut.result()
@@ -216,7 +227,7 @@ def publish_images(
     with tempfile.TemporaryDirectory(prefix="adcp-import-") as tmp:
         writer = _ShardWriter(store, tmp, len(prev.shards), workers)
         done = 0
-        for rec, info in _checked(records, workers):
+        for rec, info in _checked(records, workers, prev.ids):
             done += 1
             if on_progress and done % 64 == 0:
                 on_progress(64)
@@ -237,7 +248,7 @@ def publish_images(
                                      f"{seen[image_id]!r} there; kept that label"})
                 continue
             seen[image_id] = label
-            if image_id in prev.ids:
+            if isinstance(info, _Known):
                 unchanged += 1
             else:
                 new += 1
