@@ -49,6 +49,11 @@ def main(argv: list[str] | None = None) -> None:
     if picked_up:
         print(f"following jobs left running: {', '.join(picked_up)}", flush=True)
     app = create_app(center, read_token(args.home), trainer, tasks=TaskRunner(), local_sites=local)
+    sync_s = float(os.environ.get("ADCP_REVIEW_SYNC_S", "60"))  # verdicts pulled from every site; 0: off
+    if sync_s > 0:
+        from coordinator.jobs.review_sync import start_loop
+
+        start_loop(center, sync_s)
     print(f"coordinator pid {os.getpid()} serving on http://{args.host}:{args.port}", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 

@@ -17,4 +17,5 @@ def _isolated_env(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("ADCP_CONFIG", str(tmp_path_factory.getbasetemp() / "adcp-client" / "config.yaml"))
     for name in ("ADCP_API", "ADCP_TOKEN", "ADCP_TOKEN_FILE", "ADCP_CA_FILE", "ADCP_PLATFORM"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ADCP_REVIEW_SYNC_S", "0")  # no scheduled verdict sync unless a test asks for one
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

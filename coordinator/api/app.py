@@ -26,6 +26,7 @@ from coordinator.api.job_routes import add_job_routes
 from coordinator.api.model_routes import add_model_routes
 from coordinator.api.monitoring_routes import add_monitoring_routes
 from coordinator.api.platform_routes import add_platform_routes, principal_name
+from coordinator.api.review_routes import add_review_routes
 from coordinator.api.upload_routes import add_upload_routes
 from coordinator.api.user_routes import add_user_routes
 from coordinator.center.core import CENTER, Center
@@ -176,6 +177,7 @@ def create_app(center: Center, token: str, trainer: Trainer | None = None, monit
     add_monitoring_routes(app, center, monitor)
     add_dashboard_routes(app, center)
     add_user_routes(app, users, audit)
+    add_review_routes(app, center, tasks)
     if trainer is not None:
         add_job_routes(app, trainer)
     return app

@@ -90,6 +90,12 @@ ROUTE_ROLES: dict[tuple[str, str], tuple[str, ...]] = {
     ("GET", f"{_V1}/sites/{{site}}/metrics"): _READ,
     ("GET", f"{_V1}/sites/{{site}}/logs"): _SHIP,  # logs may show data and paths: not for the wall screen
     ("POST", f"{_V1}/dashboard/logins"): _READ,  # the big screen's one-time login link
+    # review: station tokens, queues, verdict sync (a reviewer only for its own sites: require_site)
+    ("POST", f"{_V1}/review/station-token"): ("operator", "engineer", "reviewer"),
+    ("GET", f"{_V1}/review/public-key"): _EVERYONE,
+    ("GET", f"{_V1}/review/queue"): ("operator", "engineer", "reviewer"),
+    ("POST", f"{_V1}/review/sync"): _SHIP,
+    ("GET", f"{_V1}/review/conflicts"): ("operator", "engineer", "reviewer"),
     # users and the audit log
     ("GET", f"{_V1}/users"): _ADMIN,
     ("POST", f"{_V1}/users"): _ADMIN,

@@ -63,9 +63,12 @@ def add_user_routes(app: FastAPI, users: Users, audit: Audit) -> None:
         return [u.to_dict() for u in users.list()]
 
     @app.post(f"{_PREFIX}/users/{{name}}/disable", tags=["users"])
-    def disable_user(name: str) -> dict[str, Any]:
+    def disable_user(name: str, request: Request) -> dict[str, Any]:
         """Disable a user: its token stops working at once (401). 404 for an unknown user."""
-        return users.disable(name).to_dict()
+        user = users.disable(name).to_dict()
+        for hook in getattr(request.app.state, "on_user_disabled", ()):  # e.g. review stations' disabled list
+            hook(name)
+        return user
 
     @app.post(f"{_PREFIX}/users/{{name}}/token", tags=["users"])
     def new_token(name: str) -> dict[str, Any]:

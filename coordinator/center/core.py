@@ -24,6 +24,7 @@ from configs.platform import PlatformConfig, SiteConfig, default_home, load_plat
 from configs.protocol import Marker, find_line
 from coordinator.center import bundle
 from coordinator.center.registry import push_to_registry
+from coordinator.center.station_keys import StationKeys
 from coordinator.state.db import State
 from data.artifacts import ArtifactRef, ArtifactStore
 from data.images import download_image
@@ -80,7 +81,7 @@ class PushOutcome:
                 "objects_sent": r.get("objects_sent", 0), "objects_skipped": r.get("objects_skipped", 0),
                 "objects_verified": r.get("objects_verified", 0), "objects_repaired": r.get("objects_repaired", 0),
                 "seconds": round(r.get("seconds", 0.0), 3),
-                **{k: r[k] for k in ("hops", "registry", "job_id") if k in r}}
+                **{k: r[k] for k in ("hops", "registry", "job_id", "site_db") if k in r}}
 
 
 class Center:
@@ -91,6 +92,10 @@ class Center:
         self.home = Path(home)
         self.state = State(config.center.state_db)
         self.central = ArtifactStore(config.center.store.url, config.center.store.options or None)
+        self._station_keys: StationKeys | None = None
+        #: Called as hook(ref, site) after each successful push leg; a dict it returns joins the
+        #: leg's result (the review sync loads an annotations artifact into the site's review DB).
+        self.push_hooks: list[Callable[[ArtifactRef, str], dict[str, Any] | None]] = []
         for site in config.sites:
             self.state.put_site(site.name, site.model_dump(mode="json"), "config")
         for row in self.state.sites():  # a site dropped from the platform file is gone
@@ -108,6 +113,13 @@ class Center:
 
     def close(self) -> None:
         self.state.close()
+
+    @property
+    def station_keys(self) -> StationKeys:
+        """The key that signs station tokens (created under <home>/coordinator on first use)."""
+        if self._station_keys is None:
+            self._station_keys = StationKeys(self.home)
+        return self._station_keys
 
     # --- sites ------------------------------------------------------------------------------
 
@@ -311,6 +323,8 @@ class Center:
                           "seconds": first.get("seconds", 0) + second.get("seconds", 0)}
             if ref.kind == "image" and dest.registry:
                 result["registry"] = self._to_registry(ref, dest)
+            for hook in self.push_hooks:
+                result.update(hook(ref, dest.name) or {})
         except AdcpError as e:
             self.state.finish_transfer(leg.transfer_id, error=str(e))
             raise
