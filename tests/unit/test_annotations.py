@@ -157,7 +157,8 @@ def test_initial_table_from_a_synthetic_dataset(tmp_path):
 def test_exported_names():
     assert set(ann.__all__) == {
         "CHANGELOG_SCHEMA", "CLASS_NAME_RE", "TRACKED_FIELDS", "UPDATE_COLUMNS", "annotations_from_dataset",
-        "check_class_names", "publish_annotations", "read_annotations", "read_changelog", "upsert",
+        "check_class_names", "publish_annotations", "read_annotations", "read_annotations_url", "read_changelog",
+        "upsert",
     }
 
 
