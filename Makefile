@@ -9,9 +9,9 @@ TORCH := torch==2.13.0
 # Servers and tools the tests drive for real (Debian packages): skopeo + docker-registry for
 # container images, prometheus for the PromQL path of monitoring, chromium for the dashboard's
 # browser tests, postgresql (initdb + pg_ctl in a temp dir) for the site review DB's PostgreSQL
-# path. Installed once per machine; the stamp lives in the venv so a fresh clone
-# re-checks them.
-DEBS := skopeo docker-registry prometheus chromium postgresql libpq5
+# path; fonts-noto-cjk so Chromium draws display names in Chinese (北京一厂), not empty boxes.
+# Installed once per machine; the stamp lives in the venv so a fresh clone re-checks them.
+DEBS := skopeo docker-registry prometheus chromium postgresql libpq5 fonts-noto-cjk
 DEB_STAMP := $(VENV)/.adcp-debs
 # The dashboard's chart library, from the npm registry (package-lock.json pins it); served by the
 # coordinator itself, never from a CDN.

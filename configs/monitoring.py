@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from configs.models import unique_names
 
-__all__ = ["FIGURES", "LOGIN_TTL_S", "MAX_LOGIN_TTL_S", "AlertRule", "MonitoringConfig", "default_rules"]
+__all__ = ["FIGURES", "LOGIN_TTL_S", "MAX_LOGIN_TTL_S", "QUALITY_FIGURES", "AlertRule", "MonitoringConfig",
+           "default_rules"]
 
 #: How long the big screen's one-time login address works: long enough to walk from a laptop to
 #: the wall screen; short if the URL leaks. The CLI (`adcp dashboard --url --valid-for`) and the
@@ -30,37 +31,50 @@ FIGURES = (
     "serve_replicas_healthy", "serve_replicas_total", "inference_rps", "images_total",
     "automation_rate", "review_share", "error_rate", "latency_p50_ms", "latency_p99_ms",
     "mem_util", "disk_util",  # derived percentages (used / total), for rules and tiles
+    "review_record_errors",  # review recording errors of the ADC app since the previous read
 )
+
+#: Production-quality figures of one (product, model version) at a site, from its review station's
+#: stats (`coordinator.monitoring.quality`), and the count behind each, which a rule's `min_count`
+#: asks of it before the figure counts.
+QUALITY_FIGURES = {
+    "escape_rate": "audited_false_defect", "overkill_rate": "audited_defect", "automation_rate": "classified",
+    "backlog": "backlog", "backlog_oldest_s": "backlog",
+}
 
 
 class AlertRule(BaseModel):
-    """One alert rule: a site unreachable for `for_s` seconds, or a figure above `threshold` for
-    `for_s` seconds. An alert resolves as soon as its condition no longer holds."""
+    """One alert rule: a site unreachable for `for_s` seconds, a figure above `threshold` for
+    `for_s` seconds, or a production-quality figure of any product and model version at the site
+    above `threshold` with at least `min_count` behind it. An alert resolves as soon as its
+    condition no longer holds."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(..., min_length=1, description="Unique rule name, shown with each alert")
-    kind: Literal["site_unreachable", "metric_above"] = Field(
-        ..., description="site_unreachable: the site's last sweeps failed; metric_above: a figure above threshold")
-    metric: str | None = Field(None, description=f"metric_above only: the figure, one of {', '.join(FIGURES)}")
-    threshold: float | None = Field(None, description="metric_above only: the level, in the figure's unit "
-                                    "(percent for *_util, a share 0..1 for *_rate/*_share)")
+    kind: Literal["site_unreachable", "metric_above", "quality_above"] = Field(
+        ..., description="site_unreachable: the site's last sweeps failed; metric_above: a figure above threshold; "
+        "quality_above: a quality figure of one product and model version above threshold")
+    metric: str | None = Field(None, description=f"metric_above: the figure, one of {', '.join(FIGURES)}; "
+                               f"quality_above: one of {', '.join(QUALITY_FIGURES)}")
+    threshold: float | None = Field(None, description="metric_above and quality_above: the level, in the figure's "
+                                    "unit (percent for *_util, a share 0..1 for *_rate/*_share, seconds for *_s)")
+    min_count: int = Field(0, ge=0, description="quality_above only: the fewest items behind the figure (audited "
+                           "calls for escape_rate and overkill_rate) for it to count; a rate from 3 audits says little")
     for_s: float = Field(0, ge=0, le=7 * 86400, description="Seconds the condition must hold before the alert fires")
     severity: Literal["info", "warning", "critical"] = Field("warning", description="How urgent the alert is")
     description: str = Field("", description="What the alert means and what to do, shown with it")
 
-    @field_validator("metric")
-    @classmethod
-    def _metric(cls, v: str | None) -> str | None:
-        if v is not None and v not in FIGURES:
-            raise ValueError(f'Got "{v}" for metric. Allowed: {", ".join(FIGURES)}')
-        return v
-
     @model_validator(mode="after")
     def _fields_for_kind(self) -> AlertRule:
-        if self.kind == "metric_above" and (self.metric is None or self.threshold is None):
-            raise ValueError(f"rule {self.name}: metric_above needs metric and threshold. "
+        names = QUALITY_FIGURES if self.kind == "quality_above" else FIGURES
+        if self.metric is not None and self.metric not in names:
+            raise ValueError(f'Got "{self.metric}" for metric. Allowed: {", ".join(names)}')
+        if self.kind in ("metric_above", "quality_above") and (self.metric is None or self.threshold is None):
+            raise ValueError(f"rule {self.name}: {self.kind} needs metric and threshold. "
                              f"Found: metric={self.metric}, threshold={self.threshold}")
+        if self.min_count and self.kind != "quality_above":
+            raise ValueError(f"rule {self.name}: min_count is for quality_above rules. Found: kind={self.kind}")
         if self.kind == "site_unreachable" and (self.metric is not None or self.threshold is not None):
             raise ValueError(f"rule {self.name}: site_unreachable takes no metric or threshold. "
                              f"Found: metric={self.metric}, threshold={self.threshold}")
@@ -80,6 +94,15 @@ def default_rules() -> list[AlertRule]:
                   description="More than half of the ADC answers go to human review: the model may not fit the line."),
         AlertRule(name="error_rate_high", kind="metric_above", metric="error_rate", threshold=0.05, for_s=300,
                   severity="critical", description="More than 5 % of ADC requests fail (5xx)."),
+        AlertRule(name="escape_rate_high", kind="quality_above", metric="escape_rate", threshold=0.005,
+                  min_count=200, severity="critical",
+                  description="Over 0.5 % of the audited automatic false-defect calls of a product and model "
+                  "version were real defects (200 audited or more): defects escape; review the model."),
+        AlertRule(name="review_backlog_old", kind="quality_above", metric="backlog_oldest_s", threshold=3600,
+                  description="An image has waited over an hour for a human verdict: staff the review station."),
+        AlertRule(name="review_record_errors", kind="metric_above", metric="review_record_errors", threshold=0,
+                  description="The ADC app failed to record review items since the last read (site store or "
+                  "review DB): see the Serve replica logs."),
     ]
 
 
@@ -99,6 +122,8 @@ class MonitoringConfig(BaseModel):
                             "(a wider read is averaged into wider steps)")
     spark_s: float = Field(600, gt=0, description="Seconds of history in each overview sparkline")
     spark_points: int = Field(60, ge=2, le=1000, description="Points per overview sparkline")
+    quality_interval_s: float | None = Field(None, gt=0, le=86400, description="Seconds between reads of every "
+                                             "site's review stats (production quality); default: interval_s")
     rules: list[AlertRule] = Field(default_factory=default_rules, description="Alert rules")
 
     @field_validator("rules")

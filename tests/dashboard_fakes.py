@@ -1,5 +1,7 @@
 """A stand-in for `coordinator.monitoring.Monitor` in dashboard tests: the documented bodies of
-`overview`, `series`, `alerts` and `logs` for any number of made-up sites, no scraping."""
+`overview`, `series`, `alerts` and `logs` for any number of made-up sites, no scraping; its
+`quality` is a real `QualityCollector` when one is given (reading fake review stations), else
+made-up figures of the same shape."""
 
 from __future__ import annotations
 
@@ -17,15 +19,47 @@ def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, timezone.utc).isoformat()
 
 
+class FakeQuality:
+    """Made-up quality figures per site, in `QualityCollector.report` / `decorate`'s shapes."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        self.read_at = time.time()  # every made-up site was "read" once, now
+
+    def _site(self, i: int, name: str) -> dict[str, Any]:
+        by = [{"product": "p1", "product_display_name": "p1", "model_version": f"adc-aoi@{i}", "classified": 800 + i,
+               "automatic": 740, "review": 60 + i, "audited_defect": 120, "overkill": 2, "audited_false_defect": 400,
+               "escapes": 1, "backlog": 5, "oldest_age_s": 90.0}]
+        figs = {k: by[0][k] for k in ("classified", "automatic", "review", "audited_defect", "overkill",
+                                      "audited_false_defect", "escapes", "backlog", "oldest_age_s")}
+        figs.update(automation_rate=figs["automatic"] / figs["classified"], escape_rate=1 / 400,
+                    overkill_rate=2 / 120)
+        for g in by:
+            g.update({k: figs[k] for k in ("automation_rate", "escape_rate", "overkill_rate")})
+        return {"site": name, "display_name": name, **figs, "stale": False, "error": None,
+                "updated_at": _iso(self.read_at), "by": by}
+
+    def report(self, site: str | None = None) -> dict[str, Any]:
+        return {"sites": [self._site(i, n) for i, n in enumerate(self.names) if site in (None, n)]}
+
+    def decorate(self, bodies: list[dict[str, Any]], sites: Any = None) -> None:
+        figures = {s["site"]: s for s in self.report()["sites"]}
+        for body in bodies:
+            body["display_name"] = body["name"]
+            body["quality"] = {k: v for k, v in figures[body["name"]].items() if k != "by"}
+
+
 class FakeMonitor:
     """Sites `site-000`... (or the names given); every 10th site is down, every 7th warns.
     `calls` records each call as (method, args) so tests can check what the routes asked for."""
 
-    def __init__(self, names: list[str] | None = None, n: int = 2, interval_s: float = 1.0) -> None:
+    def __init__(self, names: list[str] | None = None, n: int = 2, interval_s: float = 1.0,
+                 quality: Any = None) -> None:
         self.names = names or [f"site-{i:03d}" for i in range(n)]
         self.interval_s = interval_s
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
         self.sweeps = 0  # the API's overview route keys its cache on it
+        self.quality = quality or FakeQuality(self.names)
 
     def _health(self, i: int) -> str:
         return "down" if i % 10 == 9 else "warn" if i % 7 == 6 else "ok"
@@ -53,6 +87,7 @@ class FakeMonitor:
         self.calls.append(("overview", ()))
         now = time.time()
         sites = [self._site(i, n, now) for i, n in enumerate(self.names)]
+        self.quality.decorate(sites)
         down = sum(s["health"] == "down" for s in sites)
         warn = sum(s["health"] == "warn" for s in sites)
         return {"generated_at": _iso(now), "interval_s": self.interval_s,

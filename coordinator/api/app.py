@@ -27,6 +27,7 @@ from coordinator.api.model_routes import add_model_routes
 from coordinator.api.monitoring_routes import add_monitoring_routes
 from coordinator.api.platform_routes import add_platform_routes, principal_name
 from coordinator.api.review_routes import add_review_routes
+from coordinator.api.quality_routes import add_quality_routes
 from coordinator.api.upload_routes import add_upload_routes
 from coordinator.api.user_routes import add_user_routes
 from coordinator.center.core import CENTER, Center
@@ -175,6 +176,7 @@ def create_app(center: Center, token: str, trainer: Trainer | None = None, monit
     add_model_routes(app, center)
     add_dataset_routes(app, center, tasks)
     add_monitoring_routes(app, center, monitor)
+    add_quality_routes(app, center, monitor)
     add_dashboard_routes(app, center)
     add_user_routes(app, users, audit)
     add_review_routes(app, center, tasks)

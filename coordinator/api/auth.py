@@ -89,6 +89,7 @@ ROUTE_ROLES: dict[tuple[str, str], tuple[str, ...]] = {
     ("GET", f"{_V1}/alerts"): _READ,
     ("GET", f"{_V1}/sites/{{site}}/metrics"): _READ,
     ("GET", f"{_V1}/sites/{{site}}/logs"): _SHIP,  # logs may show data and paths: not for the wall screen
+    ("GET", f"{_V1}/quality"): _READ,  # production quality per site, product and model version
     ("POST", f"{_V1}/dashboard/logins"): _READ,  # the big screen's one-time login link
     # review: station tokens, queues, verdict sync (a reviewer only for its own sites: require_site)
     ("POST", f"{_V1}/review/station-token"): ("operator", "engineer", "reviewer"),

@@ -26,6 +26,7 @@ from prometheus_client.core import GaugeMetricFamily
 from configs.errors import InputError
 from coordinator.center.core import Center
 from coordinator.monitoring.monitor import Monitor, parse_since
+from coordinator.monitoring.quality import metric_families as quality_families
 
 __all__ = ["add_monitoring_routes", "coordinator_registry"]
 
@@ -139,6 +140,7 @@ class _Platform:
         sweep.add_metric([], float((self.monitor.last_sweep or {}).get("seconds") or 0.0))
         yield sweep
         yield from self._db_figures()
+        yield from quality_families(self.monitor.quality.report())  # adcp_quality_*
 
     def _db_figures(self) -> Iterator[GaugeMetricFamily]:
         transfers = GaugeMetricFamily("adcp_transfers", "Transfers recorded, by status", labels=["status"])

@@ -26,33 +26,57 @@ def _fmt(value: Any, unit: str = "", scale: float = 1.0, digits: int = 0) -> str
     return f"{value / scale:.{digits}f}{unit}"
 
 
+def _quality_cells(q: dict[str, Any] | None, wide: bool) -> list[str]:
+    """Escape rate and review backlog of a site's quality summary (`GET /api/v1/quality`), with the
+    counts behind them when `wide`; "-" where the site has none."""
+    from coordinator.cli.quality import age, rate
+
+    if not q:
+        return ["-", "-"]
+    if wide:
+        escape = rate(q["escape_rate"], q["escapes"], q["audited_false_defect"])
+        backlog = f"{q['backlog']} ({age(q['oldest_age_s'])})" if q["backlog"] else "0"
+    else:
+        escape = _fmt(q["escape_rate"], "%", 0.01, 1)
+        backlog = str(q["backlog"])
+    return [escape + ("?" if q.get("stale") else ""), backlog]
+
+
 def top_table(overview: dict[str, Any], wide: bool = False) -> Any:
     """A rich Table of every site (worst health first) with the totals in its caption; without
-    `wide` only the columns that fit an 80-column terminal."""
+    `wide` only the columns that fit an 80-column terminal. `auto` is the automation rate measured
+    from the review stats where the site has them, else from the ADC app's answers; `escape` and
+    `backlog` come from the review stats ("?": stale, the site's last figures)."""
     from rich.markup import escape
     from rich.table import Column, Table
 
     t = overview["totals"]
     cols = [Column("site", no_wrap=True, max_width=18, overflow="ellipsis"), Column("health", no_wrap=True),
-            "CPU", "mem", "jobs", "req/s", "auto"]
+            "CPU", "mem", "jobs", "req/s", "auto", "escape", "backlog"]
     if wide:
         cols[4:4] = ["disk", "net in/out", "GPU"]
-        cols.insert(-2, "serve")
+        cols.insert(-4, "serve")
     table = Table(*cols, title=f"ADC Platform: {t['up']}/{t['sites']} sites up, {t['alerts_active']} alerts",
                   caption=f"{t['jobs_running']} jobs running, {t['inference_rps']:.1f} req/s, "
                           f"{t['images_total']} images classified; at {overview['generated_at']}")
     order = {"down": 0, "warn": 1, "ok": 2}
     for s in sorted(overview["sites"], key=lambda s: (order.get(s["health"], 0), s["name"])):
         v = s["latest"]
-        mem = f"{_fmt(v.get('mem_used'), '', 2**30, 1)}/{_fmt(v.get('mem_total'), ' GiB', 2**30, 1)}"
+        total = _fmt(v.get("mem_total"), " GiB", 2**30, 1) if wide else _fmt(v.get("mem_total"), "G", 2**30, 0)
+        mem = f"{_fmt(v.get('mem_used'), '', 2**30, 1)}/{total}"
         net = f"{_fmt(v.get('net_rx_bps'), '', 1e3, 0)}/{_fmt(v.get('net_tx_bps'), ' kB/s', 1e3, 0)}"
         health = s["health"] if s["reachable"] or not wide else f"{s['health']} ({escape((s['error'] or '')[:40])})"
-        cells = [escape(s["name"]), f"[{_HEALTH_STYLE.get(s['health'], '')}]{health}[/]",
+        q = s.get("quality")
+        automation = q["automation_rate"] if q and q.get("automation_rate") is not None else s.get("automation_rate")
+        title = s.get("display_name")
+        name = f"{title} {s['name']}" if wide and title not in (None, s["name"]) else s["name"]
+        cells = [escape(name), f"[{_HEALTH_STYLE.get(s['health'], '')}]{health}[/]",
                  _fmt(v.get("cpu_util"), " %", digits=1), mem, str(s["jobs"]["running"]),
-                 _fmt(v.get("inference_rps"), digits=1), _fmt(s.get("automation_rate"), " %", 0.01, 0)]
+                 _fmt(v.get("inference_rps"), digits=1), _fmt(automation, " %", 0.01, 0),
+                 *(escape(c) for c in _quality_cells(q, wide))]
         if wide:
             cells[4:4] = [_fmt(v.get("disk_util"), " %", digits=0), net, _fmt(v.get("gpu_util"), " %", digits=0)]
-            cells.insert(-2, escape(str(s["serve"].get("status", "-"))))
+            cells.insert(-4, escape(str(s["serve"].get("status", "-"))))
         table.add_row(*cells)
     return table
 

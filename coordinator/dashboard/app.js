@@ -2,6 +2,7 @@
 // updates a tile per site in place; #site=NAME opens a site's detail view (charts over a chosen
 // range, jobs, a log tail). Every figure carries data-metric="<site>:<name>" and data-value=<raw>
 // so tests can compare the page with the API. Charts are uPlot, served by the coordinator itself.
+// Sites show their display names (any script); quality.js draws the production-quality figures.
 "use strict";
 
 (() => {
@@ -212,11 +213,14 @@
     const mix = el("div", { class: "mix", "data-metric": `${name}:defect_mix` });
     const mixLegend = el("div", { class: "mix-legend" });
     const fact = (k, node, wide) => el("div", wide ? { class: "wide" } : {}, el("span", { class: "k", text: k }), node);
+    const title = el("h2", { text: name, title: name, "data-metric": `${name}:display_name` });
+    const siteId = el("span", { class: "site-id" });  // the DNS name, beside a display name that differs
+    const quality = window.AdcpQuality.tileBlock(name);
     const root = el("article", { class: "tile", tabindex: "0", "data-site": name },
-      el("div", { class: "tile-head" }, el("h2", { text: name, title: name }), figs.health), error, rows,
+      el("div", { class: "tile-head" }, title, siteId, figs.health), error, rows,
       el("div", { class: "facts" }, fact("jobs", figs.jobs), fact("serve", figs.serve), fact("infer/s", figs.rps),
         fact("auto", figs.automation), fact("images", figs.images), fact("model", figs.model, true)),
-      mix, mixLegend);
+      quality.root, mix, mixLegend);
     const open = () => { window.location.hash = `site=${encodeURIComponent(name)}`; };
     root.addEventListener("click", open);
     root.addEventListener("keydown", (e) => { if (e.key === "Enter") open(); });
@@ -224,6 +228,10 @@
 
     function update(s) {
       const L = s.latest || {};
+      setFig(title, s.display_name || name, s.display_name || name);
+      title.title = s.display_name && s.display_name !== name ? `${s.display_name} (${name})` : name;
+      siteId.textContent = s.display_name && s.display_name !== name ? name : "";
+      quality.update(s.quality || null);
       root.classList.remove("ok", "warn", "down");
       root.classList.add(s.health);
       figs.health.className = `health-badge ${s.health}`;
@@ -366,6 +374,7 @@
 
   function openDetail(site) {
     $("detail-title").textContent = site;
+    $("detail-quality").replaceChildren();
     $("log-job").replaceChildren(el("option", { value: "", text: "site" }));
     $("logs").textContent = "";
     renderDetailFacts();
@@ -382,6 +391,7 @@
     const badge = $("detail-health");
     const ray = $("detail-ray");
     if (!s) { facts.textContent = st.overview ? "This site is not in the overview." : "loading…"; return; }
+    $("detail-title").textContent = s.display_name && s.display_name !== s.name ? `${s.display_name} (${s.name})` : s.name;
     badge.className = `health-badge ${s.health}`;
     badge.textContent = s.health;
     badge.dataset.metric = `${s.name}:detail_health`;
@@ -406,6 +416,8 @@
       getJSON(`${DATA}/sites/${name}/metrics?window_s=${st.windowS}&step=${step}`).then((b) => drawCharts(site, gen, b),
         (e) => { $("charts").dataset.error = e.message; }),
       getJSON(`${DATA}/sites/${name}/jobs`).then((jobs) => renderJobs(jobs), () => {}),
+      getJSON(`${DATA}/quality?site=${name}`).then((b) => { if (gen === st.detailGen) window.AdcpQuality.detailTable($("detail-quality"), b); },
+        (e) => { $("detail-quality").textContent = `quality unavailable: ${e.message}`; }),
       refreshLogs(site),
     ]);
     if (gen === st.detailGen) st.detailTimer = setTimeout(() => refreshDetail(site, gen), st.intervalMs);

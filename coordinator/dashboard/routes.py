@@ -7,7 +7,8 @@ serves itself (factory networks are closed: never a CDN). The API's bearer token
 browser: `adcp dashboard --url` gets a one-time login link through `POST /api/v1/dashboard/logins`
 (behind the app-wide door, `coordinator.api.auth`), and the page then reads `/dashboard/data/...`,
 which answer the same bodies as the API's monitoring routes from `app.state.monitor` (the
-`coordinator.monitoring.Monitor`) behind a session cookie.
+`coordinator.monitoring.Monitor`) behind a session cookie; `/dashboard/data/quality` is the body of
+`GET /api/v1/quality` (the monitor's `quality` collector).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ STATIC = Path(__file__).resolve().parent
 _VENDOR = STATIC / "node_modules" / "uplot" / "dist"
 _FILES = {  # URL path under /dashboard -> (file, media type); nothing else is served from disk
     "static/app.js": (STATIC / "app.js", "text/javascript"),
+    "static/quality.js": (STATIC / "quality.js", "text/javascript"),
     "static/app.css": (STATIC / "app.css", "text/css"),
     "vendor/uPlot.iife.min.js": (_VENDOR / "uPlot.iife.min.js", "text/javascript"),
     "vendor/uPlot.min.css": (_VENDOR / "uPlot.min.css", "text/css"),
@@ -172,6 +174,14 @@ def _data_routes(app: FastAPI, auth: DashboardAuth, center: Center) -> None:
     def logs(request: Request, site: str, job: str | None = None,
              lines: int = Query(200, ge=1, le=5000)) -> Response:
         return guarded(request, lambda m: m.logs(site, job=job or None, lines=lines))
+
+    @app.get(f"{base}/quality", include_in_schema=False)
+    def quality(request: Request, site: str | None = None) -> Response:
+        def read(m: Any) -> Any:
+            if site is not None:
+                center.site(site)  # NotFoundError for an unknown site
+            return m.quality.report(site)
+        return guarded(request, read)
 
     @app.get(f"{base}/sites/{{site}}/jobs", include_in_schema=False)
     def jobs(request: Request, site: str, limit: int = Query(50, ge=1, le=500)) -> Response:

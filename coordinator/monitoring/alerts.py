@@ -1,6 +1,10 @@
 """Alert rules evaluated after each sweep: a condition must hold for the rule's `for_s` before its
 alert fires, and the alert resolves at the first evaluation where it no longer holds.
 
+`evaluate` judges the rules on a site's read figures (site_unreachable, metric_above) after each
+monitoring sweep; `evaluate_quality` judges the quality_above rules on the per product and model
+version figures of a site's review stats after each quality read (`coordinator.monitoring.quality`).
+
 Alerts live in memory (the coordinator's lifetime): active ones, plus the last `keep_resolved`
 resolved ones for `GET /api/v1/alerts?all=true`.
 """
@@ -14,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from configs.monitoring import AlertRule
+from configs.monitoring import QUALITY_FIGURES, AlertRule
 
 __all__ = ["AlertEngine", "iso"]
 
@@ -31,6 +35,7 @@ class _Alert:
     fired_at: float | None = None
     resolved_at: float | None = None
     value: float | None = None
+    detail: str = ""  # quality_above: which product and model version, and the counts
 
     @property
     def id(self) -> str:
@@ -40,6 +45,8 @@ class _Alert:
         r = self.rule
         if r.kind == "site_unreachable":
             return f"{self.site} unreachable for {r.for_s:g} s or more"
+        if r.kind == "quality_above":
+            return f"{self.site}: {r.metric} {self.value:.4g} above {r.threshold:g} ({self.detail})"
         return f"{self.site}: {r.metric} {self.value:.4g} above {r.threshold:g} for {r.for_s:g} s or more"
 
     def to_dict(self) -> dict[str, Any]:
@@ -59,24 +66,38 @@ class AlertEngine:
         self._resolved: deque[_Alert] = deque(maxlen=keep_resolved)
 
     def evaluate(self, site: str, now: float, reachable: bool, figures: Mapping[str, float]) -> None:
-        """Update every rule for one site after a read at `now`."""
+        """Update every rule but the quality_above ones for one site after a read at `now`."""
         with self._lock:
             for rule in self.rules:
-                key = (rule.name, site)
-                holds, value = self._holds(rule, reachable, figures)
-                alert = self._open.get(key)
-                if not holds:
-                    if alert is not None:
-                        del self._open[key]
-                        if alert.fired_at is not None:
-                            alert.resolved_at = now
-                            self._resolved.append(alert)
-                    continue
-                if alert is None:
-                    alert = self._open[key] = _Alert(rule, site, pending_since=now)
-                alert.value = value
-                if alert.fired_at is None and now - alert.pending_since >= rule.for_s:
-                    alert.fired_at = now
+                if rule.kind != "quality_above":
+                    self._update(rule, site, now, *self._holds(rule, reachable, figures))
+
+    def evaluate_quality(self, site: str, now: float, groups: list[Mapping[str, Any]]) -> None:
+        """Update the quality_above rules for one site after a read of its review stats at `now`:
+        `groups` are its figures per product and model version (`quality.group_figures`). A rule
+        holds where any group's figure is above the threshold with at least `min_count` behind it;
+        the alert's value is the worst such group's."""
+        with self._lock:
+            for rule in self.rules:
+                if rule.kind == "quality_above":
+                    self._update(rule, site, now, *_worst_group(rule, groups))
+
+    def _update(self, rule: AlertRule, site: str, now: float, holds: bool, value: float | None,
+                detail: str = "") -> None:
+        key = (rule.name, site)
+        alert = self._open.get(key)
+        if not holds:
+            if alert is not None:
+                del self._open[key]
+                if alert.fired_at is not None:
+                    alert.resolved_at = now
+                    self._resolved.append(alert)
+            return
+        if alert is None:
+            alert = self._open[key] = _Alert(rule, site, pending_since=now)
+        alert.value, alert.detail = value, detail
+        if alert.fired_at is None and now - alert.pending_since >= rule.for_s:
+            alert.fired_at = now
 
     @staticmethod
     def _holds(rule: AlertRule, reachable: bool, figures: Mapping[str, float]) -> tuple[bool, float | None]:
@@ -106,3 +127,23 @@ class AlertEngine:
         with self._lock:
             resolved = [a.to_dict() for a in reversed(self._resolved)]
         return self.active() + resolved
+
+
+def _worst_group(rule: AlertRule, groups: list[Mapping[str, Any]]) -> tuple[bool, float | None, str]:
+    """(holds, value, detail) of a quality_above rule over a site's groups."""
+    metric = rule.metric or ""
+    count_key = QUALITY_FIGURES.get(metric, "")
+    figure = "oldest_age_s" if metric == "backlog_oldest_s" else metric
+    worst: Mapping[str, Any] | None = None
+    for g in groups:
+        value, count = g.get(figure), g.get(count_key) or 0
+        if value is None or count < rule.min_count or value <= (rule.threshold or 0.0):
+            continue
+        if worst is None or value > worst[figure]:
+            worst = g
+    if worst is None:
+        return False, None, ""
+    part = {"escape_rate": "escapes", "overkill_rate": "overkill", "automation_rate": "automatic"}.get(metric)
+    counts = f"{worst.get(part, 0)}/{worst.get(count_key, 0)}" if part else f"{worst.get(count_key, 0)} waiting"
+    product = worst.get("product") or "no product"
+    return True, float(worst[figure]), f"{counts}, {product}, model {worst.get('model_version') or '?'}"

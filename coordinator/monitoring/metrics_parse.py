@@ -6,7 +6,8 @@ Ray's names (measured on Ray 2.60): node gauges `ray_node_cpu_utilization` (%),
 `ray_node_mem_used/_total`, `ray_node_disk_usage/_free` (bytes), `ray_node_network_receive_speed /
 send_speed` (bytes/s), `ray_node_gpus_utilization` (%), `ray_node_gram_used/_available` (MiB, per
 GPU), `ray_object_store_used_memory` (bytes); the ADC app's own series are in
-`serve_apps.metrics.EXPORTED`.
+`serve_apps.metrics.EXPORTED`, its review recorder's errors in `adcp_review_record_errors_total`
+(`ray_`-prefixed as Ray exports application metrics).
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ __all__ = ["PROMQL_SELECTOR", "Sample", "Snapshot", "figures", "histogram_quanti
 
 Sample = tuple[str, dict[str, str], float]
 
-_WANTED = ("ray_node_", "ray_object_store_used_memory", "ray_adc_")
+_WANTED = ("ray_node_", "ray_object_store_used_memory", "ray_adc_", "ray_adcp_review_", "adcp_review_")
 #: What the PromQL path asks a site Prometheus for: the same series the text path reads.
-PROMQL_SELECTOR = '{__name__=~"ray_node_.*|ray_object_store_used_memory|ray_adc_.*"}'
+PROMQL_SELECTOR = '{__name__=~"ray_node_.*|ray_object_store_used_memory|ray_adc_.*|(ray_)?adcp_review_.*"}'
+_RECORD_ERRORS = ("ray_adcp_review_record_errors_total", "adcp_review_record_errors_total")
 _LINE = re.compile(r"^(?:# (?:HELP|TYPE) )?([a-zA-Z_:][a-zA-Z0-9_:]*)")
 _MIB = 1024 * 1024
 
@@ -133,6 +135,8 @@ def snapshot(samples: list[Sample], t: float) -> Snapshot:
             snap.buckets[le] = snap.buckets.get(le, 0.0) + value
         elif name == "ray_adc_model_info" and value >= 1:
             snap.model_version = labels.get("model")
+        elif name in _RECORD_ERRORS:
+            c["record_errors"] = c.get("record_errors", 0.0) + value
     return snap
 
 
@@ -170,6 +174,8 @@ def figures(prev: Snapshot | None, cur: Snapshot) -> dict[str, float]:
     read, or every request so far when none arrived in between; `inference_rps` is the request rate
     over that window (0 with no previous read)."""
     out = dict(cur.gauges)
+    if prev is not None and "record_errors" in cur.counters:  # errors since the last read, none claimed at the first
+        out["review_record_errors"] = _window(prev, cur, "record_errors")
     if not cur.counters and not cur.buckets:
         return out  # no ADC app here
     out["images_total"] = cur.counters.get("images", 0.0)

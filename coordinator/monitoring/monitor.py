@@ -30,6 +30,7 @@ from coordinator.center.core import Center
 from coordinator.monitoring.alerts import AlertEngine, iso
 from coordinator.monitoring.collect import Reading, SiteReader, check_lines, job_logs, replica_logs, warm_tls
 from coordinator.monitoring.metrics_parse import figures as compute_figures
+from coordinator.monitoring.quality import QualityCollector
 from coordinator.state.history import History, bucket_means
 from raycluster.gateway import gateway_for
 
@@ -66,6 +67,7 @@ class Monitor:
         self.history = History(center.state.path, retention_s=c.retention_s, raw_s=c.raw_s,
                                downsample_s=c.downsample_s)
         self.alerts_engine = AlertEngine(c.rules)
+        self.quality = QualityCollector.for_center(center, c, self.alerts_engine)  # its own loop, same interval
         self._views: dict[str, _View] = {}
         self._readers: dict[str, tuple[str, SiteReader]] = {}  # site -> (spec key, reader)
         self._lock = threading.Lock()
@@ -87,8 +89,10 @@ class Monitor:
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="monitor", daemon=True)
         self._thread.start()
+        self.quality.start()
 
     def stop(self) -> None:
+        self.quality.stop()
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=self.config.timeout_s + 5)
@@ -224,6 +228,7 @@ class Monitor:
         with self._lock:
             views = [self._views.get(s.name) or _View(s.name) for s in configs]
             sites = [self._site_body(v, now, alerting) for v in views]
+        self.quality.decorate(sites, configs)  # display_name and the quality summary of each site
         totals = {"sites": len(sites), "up": sum(s["health"] != "down" for s in sites),
                   "down": sum(s["health"] == "down" for s in sites), "warn": sum(s["health"] == "warn" for s in sites),
                   "jobs_running": sum(s["jobs"]["running"] for s in sites),

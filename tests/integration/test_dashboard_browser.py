@@ -186,3 +186,131 @@ def test_hundred_sites_sort_down_first_and_page(fake_coordinator, browser):
     finally:
         screen.close()
 
+
+
+# --- production quality from fake review stations, the same routes, no Ray -------------------
+
+TABLET = {"width": 820, "height": 1180}
+_CJK_FONTS = ("Noto Sans CJK", "Noto Sans SC", "Source Han Sans", "WenQuanYi", "Microsoft YaHei", "PingFang")
+
+
+@pytest.fixture(scope="module")
+def quality_coordinator(tmp_path_factory):
+    """A coordinator's dashboard routes over a FakeMonitor whose `quality` is a real
+    QualityCollector reading two fake review stations (fab-a 北京一厂 with figures, fab-b 合肥二厂
+    with none yet)."""
+    from configs.monitoring import MonitoringConfig
+    from configs.platform import SiteConfig
+    from coordinator.monitoring.quality import QualityCollector
+    from raycluster.gateway import gateway_for
+    from tests.quality_fakes import CENTER_TOKEN, FakeStation, row
+
+    rows = [row("p1", "adc@1", classified=872, automatic=812, review=60, audited_false_defect=812, escapes=3,
+                audited_defect=170, overkill=2, backlog=14, oldest_age_s=720.0),
+            row("p2", "adc@2", classified=128, automatic=120, backlog=0)]
+    with FakeStation("fab-a", rows) as a, FakeStation("fab-b", []) as b:
+        sites = [SiteConfig.model_validate({"name": n, "display_name": d, "store": {"url": f"/tmp/{n}"},
+                                            "gateway": {"dashboard": s.url, "serve": s.url}})
+                 for n, d, s in (("fab-a", "北京一厂", a), ("fab-b", "合肥二厂", b))]
+        quality = QualityCollector(lambda: sites, gateway_for, lambda: CENTER_TOKEN,
+                                   MonitoringConfig(interval_s=1, timeout_s=0.5), products={"p1": "55寸面板"})
+        assert quality.collect() == {"fab-a": "ok", "fab-b": "ok"}
+        state = State(tmp_path_factory.mktemp("quality-center") / "coordinator.db")
+        app = FastAPI()
+        install_door(app, "t", state)
+        add_dashboard_routes(app, SimpleNamespace(state=state, site=lambda name: name))
+        app.state.monitor = FakeMonitor(["fab-a", "fab-b"], quality=quality)
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        try:
+            wait_for(lambda: server.started, 30, "the fake coordinator")
+            yield SimpleNamespace(base=f"http://127.0.0.1:{sock.getsockname()[1]}", quality=quality,
+                                  stations={"fab-a": a, "fab-b": b})
+        finally:
+            server.should_exit = True
+            thread.join(timeout=30)
+            sock.close()
+            quality.stop()
+            state.close()
+
+
+def _fonts_of(page, selector: str) -> list[str]:
+    """The platform fonts Chromium really drew `selector`'s text with (DevTools CSS domain)."""
+    cdp = page.context.new_cdp_session(page)
+    try:
+        cdp.send("DOM.enable")
+        cdp.send("CSS.enable")
+        root = cdp.send("DOM.getDocument")["root"]["nodeId"]
+        node = cdp.send("DOM.querySelector", {"nodeId": root, "selector": selector})["nodeId"]
+        return [f["familyName"] for f in cdp.send("CSS.getPlatformFontsForNode", {"nodeId": node})["fonts"]]
+    finally:
+        cdp.detach()
+
+
+@pytest.mark.parametrize("viewport", [{"width": 1920, "height": 1080}, TABLET], ids=["line-1920x1080", "tablet"])
+def test_quality_tile_and_detail_show_the_sites_figures(quality_coordinator, browser, viewport):
+    url = httpx.post(f"{quality_coordinator.base}/api/v1/dashboard/logins",
+                     headers={"Authorization": "Bearer t"}).json()["url"]
+    screen = Page(browser)
+    screen.page.set_viewport_size(viewport)
+    try:
+        screen.page.goto(url)
+        tile = screen.page.locator('.tile[data-site="fab-a"]')
+        playwright_api.expect(tile).to_be_visible(timeout=30_000)
+        want = next(s for s in quality_coordinator.quality.report()["sites"] if s["site"] == "fab-a")
+        escape = tile.locator('[data-metric="fab-a:q_escape_rate"]')
+        playwright_api.expect(escape).to_have_text("0.37 % (3/812)")
+        assert float(escape.get_attribute("data-value")) == want["escape_rate"] == 3 / 812
+        playwright_api.expect(tile.locator('[data-metric="fab-a:q_overkill_rate"]')).to_have_text("1.18 % (2/170)")
+        playwright_api.expect(tile.locator('[data-metric="fab-a:q_automation_rate"]')).to_have_text("93.2 % (932/1000)")
+        playwright_api.expect(tile.locator('[data-metric="fab-a:q_backlog"]')).to_have_text("14 · oldest 12 min")
+        playwright_api.expect(tile.locator("h2")).to_have_text("北京一厂")
+        playwright_api.expect(screen.page.locator('.tile[data-site="fab-b"] h2')).to_have_text("合肥二厂")
+        playwright_api.expect(screen.page.locator('[data-metric="fab-b:q_escape_rate"]')).to_have_text("– (0/0)")
+        for box in (tile, tile.locator(".quality")):  # the block fits its tile, the tile the screen
+            b = box.bounding_box()
+            assert b["x"] >= 0 and b["x"] + b["width"] <= viewport["width"], (box, b)
+        assert screen.page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        fonts = _fonts_of(screen.page, '.tile[data-site="fab-a"] h2')
+        assert any(c in f for f in fonts for c in _CJK_FONTS), f"北京一厂 drawn without a CJK font: {fonts}"
+        ARTIFACTS.mkdir(exist_ok=True)
+        name = f"dashboard-quality-{viewport['width']}x{viewport['height']}"
+        screen.page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+
+        tile.click()
+        playwright_api.expect(screen.page.locator("#detail-title")).to_have_text("北京一厂 (fab-a)")
+        p1 = screen.page.locator('#detail-quality [data-quality-row="p1|adc@1"]')
+        playwright_api.expect(p1).to_be_visible(timeout=15_000)
+        playwright_api.expect(p1.locator("td").first).to_have_text("55寸面板")
+        playwright_api.expect(p1.locator('[data-metric="fab-a:q_p1|adc@1:escape_rate"]')).to_have_text("0.37 % (3/812)")
+        p2 = screen.page.locator('#detail-quality [data-quality-row="p2|adc@2"]')
+        playwright_api.expect(p2.locator('[data-metric="fab-a:q_p2|adc@2:escape_rate"]')).to_have_text("– (0/0)")
+        screen.page.screenshot(path=str(ARTIFACTS / f"{name}-detail.png"))
+        assert screen.errors == []
+    finally:
+        screen.close()
+
+
+def test_a_stale_site_shows_its_last_figures_marked_stale(quality_coordinator, browser):
+    quality, station = quality_coordinator.quality, quality_coordinator.stations["fab-a"]
+    last = quality.report("fab-a")["sites"][0]
+    url = httpx.post(f"{quality_coordinator.base}/api/v1/dashboard/logins",
+                     headers={"Authorization": "Bearer t"}).json()["url"]
+    station.mode = "error"
+    screen = Page(browser)
+    try:
+        assert "HTTP 503" in quality.collect()["fab-a"]
+        screen.page.goto(url)
+        state = screen.page.locator('[data-metric="fab-a:q_stale"]')
+        playwright_api.expect(state).to_contain_text("STALE", timeout=30_000)
+        playwright_api.expect(state).to_contain_text("HTTP 503")
+        playwright_api.expect(screen.page.locator('[data-metric="fab-a:q_escape_rate"]')).to_have_text(
+            f"0.37 % ({last['escapes']}/{last['audited_false_defect']})")
+        assert screen.errors == []
+    finally:
+        screen.close()
+        station.mode = "ok"
+        assert quality.collect()["fab-a"] == "ok"

@@ -170,7 +170,7 @@ def test_db_holds_only_hashes_of_secrets(env):
 
 @pytest.mark.parametrize("path", ["/dashboard/data/overview", "/dashboard/data/alerts",
                                   "/dashboard/data/sites/fab-a/metrics", "/dashboard/data/sites/fab-a/logs",
-                                  "/dashboard/data/sites/fab-a/jobs"])
+                                  "/dashboard/data/sites/fab-a/jobs", "/dashboard/data/quality"])
 def test_data_routes_need_a_session_not_the_api_token(env, path):
     assert env.client.get(path).status_code == 401
     assert env.client.get(path, headers=BEARER).status_code == 401
@@ -185,6 +185,17 @@ def test_overview_and_alerts_are_the_monitors_bodies(env):
     assert body["sites"][1]["latest"]["mem_total"] == direct["sites"][1]["latest"]["mem_total"]
     assert client.get("/dashboard/data/alerts?active=false").status_code == 200
     assert ("alerts", (False,)) in env.app.state.monitor.calls
+
+
+def test_quality_route_is_the_monitors_quality_report(env):
+    client = _logged_in(env)
+    body = client.get("/dashboard/data/quality", params={"site": "fab-b"}).json()
+    assert body == env.app.state.monitor.quality.report("fab-b") and [s["site"] for s in body["sites"]] == ["fab-b"]
+    assert body["sites"][0]["by"][0]["escapes"] == 1
+    assert len(client.get("/dashboard/data/quality").json()["sites"]) == 2
+    overview = client.get("/dashboard/data/overview").json()
+    assert overview["sites"][0]["quality"]["escape_rate"] == pytest.approx(1 / 400)
+    assert overview["sites"][0]["display_name"] == "fab-a"
 
 
 def test_metrics_route_passes_window_names_and_step(env):
@@ -245,7 +256,8 @@ def test_jobs_route_lists_jobs_for_or_at_the_site(env):
 
 @pytest.mark.parametrize("path, media", [("vendor/uPlot.iife.min.js", "text/javascript"),
                                          ("vendor/uPlot.min.css", "text/css"),
-                                         ("static/app.js", "text/javascript"), ("static/app.css", "text/css")])
+                                         ("static/app.js", "text/javascript"), ("static/app.css", "text/css"),
+                                         ("static/quality.js", "text/javascript")])
 def test_page_files_are_served_by_the_coordinator(env, path, media):
     r = env.client.get(f"/dashboard/{path}")
     assert r.status_code == 200, r.text
@@ -262,7 +274,7 @@ def test_nothing_else_is_served_from_disk(env, path):
 
 
 def test_page_loads_nothing_from_other_hosts():
-    for name in ("index.html", "app.js", "app.css"):
+    for name in ("index.html", "app.js", "quality.js", "app.css"):
         text = (STATIC / name).read_text()
         assert not re.search(r"""(src|href)\s*=\s*["'](https?:)?//""", text), name
         assert "cdn" not in text.lower(), name
@@ -270,6 +282,7 @@ def test_page_loads_nothing_from_other_hosts():
 
 def test_every_element_the_script_looks_up_is_in_the_page():
     ids = set(re.findall(r'\$\("([\w-]+)"\)', (STATIC / "app.js").read_text()))
+    assert '<script src="/dashboard/static/quality.js" defer></script>' in (STATIC / "index.html").read_text()
     page = (STATIC / "index.html").read_text()
     assert ids, "the script looks up no elements?"
     missing = sorted(i for i in ids if f'id="{i}"' not in page)

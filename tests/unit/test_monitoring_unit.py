@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from configs.monitoring import FIGURES, AlertRule, MonitoringConfig
+from configs.monitoring import FIGURES, QUALITY_FIGURES, AlertRule, MonitoringConfig
 from configs.platform import PlatformConfig
 from coordinator.cli.monitoring import new_lines
 from coordinator.monitoring.alerts import AlertEngine
@@ -165,7 +165,8 @@ def test_platform_has_default_rules():
     assert (rules["disk_high"].metric, rules["disk_high"].threshold) == ("disk_util", 90)
     assert (rules["review_share_high"].threshold, rules["review_share_high"].for_s) == (0.5, 600)
     assert (rules["error_rate_high"].threshold, rules["error_rate_high"].for_s) == (0.05, 300)
-    assert all(r.metric in FIGURES for r in rules.values() if r.metric)
+    assert all(r.metric in (QUALITY_FIGURES if r.kind == "quality_above" else FIGURES)
+               for r in rules.values() if r.metric)
 
 
 def test_parse_since_forms():
