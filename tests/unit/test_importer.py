@@ -282,3 +282,27 @@ def test_training_reads_an_import(tmp_path, store):
     batch = ds.read_images(["image_id", "image"])
     out = DecodeAndLabel(ds.labels(), ds.classes, 16)(batch)
     assert out["pixels"].shape == (3, 16, 16) and sorted(out["label"].tolist()) == [0, 0, 1]
+
+
+def test_annotation_class_vocabulary():
+    from data.annotations import upsert
+
+    updates = pa.table({"image_id": ["a", "b"], "label": ["short", "open"]})
+    with pytest.raises(InputError, match="Unknown label classes: open, short"):
+        upsert(None, updates, author="x", version="1")  # the default stays DEFECT_CLASSES
+    table, log = upsert(None, updates, author="x", version="1", classes=["short", "open"])
+    assert table.column("label").to_pylist() == ["short", "open"] and log.num_rows == 2
+    with pytest.raises(InputError, match="is not a class name"):
+        upsert(None, updates, author="x", version="1", classes=["Short Circuit"])
+    with pytest.raises(InputError, match="is not a class name"):
+        upsert(None, updates, author="x", version="1", classes=["x" * 65])
+
+
+def test_a_bad_label_is_refused_not_fatal(tmp_path, store):
+    src = tmp_path / "src"
+    write(src / "Short Circuit/a.png", encode(grey(1), "PNG"))
+    write(src / "open/b.png", encode(grey(2), "PNG"))
+    report = import_source(store, str(src), "labels")
+    assert report["images"] == 1
+    (bad,) = report["rejected"]
+    assert bad["path"] == "Short Circuit/a.png" and "is not a class name" in bad["reason"]
