@@ -35,9 +35,8 @@ import hashlib
 import logging
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +47,7 @@ import pyarrow as pa
 from configs.errors import AdcpError, SiteError
 from configs.station_tokens import STATION_TOKEN_HEADER
 from coordinator.center.core import Center
+from coordinator.jobs.review_rule import ROLE_RANK, live_verdicts, resolve, when
 from coordinator.state.review import ReviewRecords
 from coordinator.state.users import Users
 from data.annotations import publish_annotations
@@ -55,13 +55,10 @@ from data.artifacts import ArtifactRef
 from data.schema import DEFECT_CLASSES
 
 __all__ = ["ROLE_RANK", "Station", "conflicts", "disabled_names", "line_name", "load_site_db", "push_disabled",
-           "resolve", "sync"]
+           "resolve", "start_loop", "sync"]
 
 log = logging.getLogger("adcp.review")
 
-#: Seniority for breaking a tie (higher wins).
-ROLE_RANK = {"admin": 4, "engineer": 3, "operator": 2, "reviewer": 1}
-UNSURE = "unsure"
 VERDICTS_FILE = "verdicts.parquet"
 #: Events per page: a page is one transaction at the center; 500 rows keep it well under a second.
 PAGE = 500
@@ -180,56 +177,6 @@ def load_site_db(center: Center, ref: ArtifactRef, site: str) -> dict[str, Any] 
         return {"site_db": {"error": f"{type(e).__name__}: {e}"}}
 
 
-# --- the conflict rule -------------------------------------------------------------------------
-
-def _when(text: str) -> datetime:
-    try:
-        t = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
-    except ValueError:
-        return datetime.min.replace(tzinfo=timezone.utc)
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
-
-
-def live_verdicts(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The verdicts that count: not undone, not unsure, the latest of each reviewer."""
-    undone = {e["verdict_id"] for e in events if e["kind"] == "undo"}
-    latest: dict[str, dict[str, Any]] = {}
-    for e in sorted((e for e in events if e["kind"] == "verdict"), key=lambda e: (_when(e["at"]), e["seq"])):
-        if e["verdict_id"] in undone or e["event_id"] in undone:
-            continue
-        latest[e["reviewer"]] = e  # a reviewer's later verdict replaces their earlier one
-    return [e for e in latest.values() if e["label"] and e["label"] != UNSURE]
-
-
-def resolve(events: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The label the rule gives one image's events: {"label", "rule", "annotator", "annotated_at",
-    "verdicts" (live count), "labels" (label -> count)}; None when no live verdict counts."""
-    live = live_verdicts(events)
-    if not live:
-        return None
-    counts = Counter(e["label"] for e in live)
-    top = max(counts.values())
-    tied = sorted(label for label, n in counts.items() if n == top)
-    if len(tied) == 1:
-        label = tied[0]
-        rule = "single" if len(live) == 1 else "unanimous" if len(counts) == 1 else "majority"
-        deciding = [e for e in live if e["label"] == label]
-    else:
-        candidates = [e for e in live if e["label"] in tied]
-        senior = max(ROLE_RANK.get(e["role"], 0) for e in candidates)
-        deciding = [e for e in candidates if ROLE_RANK.get(e["role"], 0) == senior]
-        if len({e["label"] for e in deciding}) == 1:
-            rule = "senior_role"
-        else:
-            rule = "latest"
-            deciding = [max(deciding, key=lambda e: (_when(e["at"]), e["seq"]))]
-        label = deciding[0]["label"]
-        deciding = [e for e in deciding if e["label"] == label]
-    last = max(deciding, key=lambda e: (_when(e["at"]), e["seq"]))
-    return {"label": label, "rule": rule, "annotator": last["reviewer"], "annotated_at": last["at"],
-            "verdicts": len(live), "labels": dict(sorted(counts.items()))}
-
-
 def conflicts(center: Center, sites: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
     """Images whose live verdicts disagree: {"image", "dataset", "label", "rule", "verdicts": [...]}
     (only those with a verdict given at one of `sites`, when given)."""
@@ -252,7 +199,8 @@ def conflicts(center: Center, sites: tuple[str, ...] | None = None) -> list[dict
 
 def sync(center: Center, sites: list[str] | None = None, *, page: int = PAGE, timeout_s: float = TIMEOUT_S,
          site_deadline_s: float = SITE_DEADLINE_S, on_event: Any = None) -> dict[str, Any]:
-    """Pull, store, resolve, publish (see the module docstring). Returns {"verdicts_new",
+    """Pull, store, resolve, publish (see the module docstring). Returns {"verdicts_new" (verdicts
+    pulled now and not undone: a verdict undone and given again counts once), "verdict_events_new",
     "undos_new", "annotations" ("NAME@V" of the lines published now, comma-joined; else the
     latest of every line; None when there is none), "dataset" (likewise), "lines": [...],
     "sites": [per site: ok, verdicts_new, pages, last_seq, disabled, error], "conflicts": n}.
@@ -273,7 +221,9 @@ def sync(center: Center, sites: list[str] | None = None, *, page: int = PAGE, ti
         lines = _publish(center, records, say)
     published = [ln for ln in lines if ln.get("annotations")]
     latest = published or _latest_lines(center, records)
-    return {"verdicts_new": sum(r["verdicts_new"] for r in rows), "undos_new": sum(r["undos_new"] for r in rows),
+    return {"verdicts_new": sum(r["verdicts_new"] for r in rows),
+            "verdict_events_new": sum(r["verdict_events_new"] for r in rows),
+            "undos_new": sum(r["undos_new"] for r in rows),
             "annotations": ", ".join(ln["annotations"] for ln in latest if ln.get("annotations")) or None,
             "dataset": ", ".join(ln["dataset_artifact"] for ln in latest if ln.get("dataset_artifact")) or None,
             "lines": lines, "sites": rows, "conflicts": len(records.images(conflicts_only=True))}
@@ -287,9 +237,10 @@ def _lock(center: Center) -> threading.Lock:
 def _pull(center: Center, records: ReviewRecords, site: str, disabled: str, page: int, timeout_s: float,
           deadline_s: float) -> dict[str, Any]:
     """Pull one site's events after its cursor, page by page, each page stored with the cursor."""
-    row: dict[str, Any] = {"site": site, "ok": False, "verdicts_new": 0, "undos_new": 0, "pages": 0,
-                           "last_seq": records.cursor(site), "disabled": None, "error": None}
+    row: dict[str, Any] = {"site": site, "ok": False, "verdicts_new": 0, "verdict_events_new": 0, "undos_new": 0,
+                           "pages": 0, "last_seq": records.cursor(site), "disabled": None, "error": None}
     deadline = time.monotonic() + deadline_s
+    verdict_ids: list[str] = []  # of the verdicts stored now
     try:
         with Station(center, site, timeout_s) as st:
             try:
@@ -303,7 +254,7 @@ def _pull(center: Center, records: ReviewRecords, site: str, disabled: str, page
                     break
                 new = records.store_page(site, events, max(last, cursor))
                 row["pages"] += 1
-                row["verdicts_new"] += sum(1 for e in new if e["kind"] == "verdict")
+                verdict_ids += [e["verdict_id"] for e in new if e["kind"] == "verdict"]
                 row["undos_new"] += sum(1 for e in new if e["kind"] == "undo")
                 if last <= cursor or len(events) < page:
                     cursor = max(last, cursor)
@@ -317,6 +268,8 @@ def _pull(center: Center, records: ReviewRecords, site: str, disabled: str, page
     except AdcpError as e:
         row["error"] = str(e)
         row["last_seq"] = records.cursor(site)
+    row["verdict_events_new"] = len(verdict_ids)
+    row["verdicts_new"] = len(set(verdict_ids) - records.undone(verdict_ids))
     return row
 
 
@@ -408,7 +361,7 @@ def _publish_line(center: Center, records: ReviewRecords, dataset: str, pending:
             "image_id": changed,
             "label": [images[s]["label"] for s in changed],
             "annotator": [images[s]["annotator"] for s in changed],
-            "annotated_at": pa.array([_when(images[s]["annotated_at"]) for s in changed], pa.timestamp("ms", "UTC")),
+            "annotated_at": pa.array([when(images[s]["annotated_at"]) for s in changed], pa.timestamp("ms", "UTC")),
         })
         classes = sorted(set(DEFECT_CLASSES) | {images[s]["label"] for s in labelled})
         sites = sorted({e["site"] for e in events})
@@ -460,10 +413,10 @@ def _verdicts_table(events: list[dict[str, Any]]) -> pa.Table:
     rows = [e for e in events if e["kind"] == "verdict"]
     cols: dict[str, Any] = {c: [str(e[c]) for e in rows] for c in _VERDICT_COLUMNS}
     cols["image_id"] = cols.pop("image_sha256")
-    cols["at"] = pa.array([_when(e["at"]) for e in rows], pa.timestamp("ms", "UTC"))
+    cols["at"] = pa.array([when(e["at"]) for e in rows], pa.timestamp("ms", "UTC"))
     cols["counts"] = [e["event_id"] in live for e in rows]
-    cols["undone_at"] = pa.array([_when(undo_at[e["verdict_id"]]) if e["verdict_id"] in undo_at
-                                  else (_when(undo_at[e["event_id"]]) if e["event_id"] in undo_at else None)
+    cols["undone_at"] = pa.array([when(undo_at[e["verdict_id"]]) if e["verdict_id"] in undo_at
+                                  else (when(undo_at[e["event_id"]]) if e["event_id"] in undo_at else None)
                                   for e in rows], pa.timestamp("ms", "UTC"))
     return pa.table(cols)
 

@@ -136,8 +136,11 @@ def test_undo_removes_a_verdict(world):
     v = a.verdict(png(1), "scratch", reviewer="ann")
     a.undo(v)
     a.verdict(png(2), "mura", reviewer="ann")
+    a.verdict(png(2), "mura", reviewer="ann")  # judged again after an undo at the station: one verdict
+    a.undo(a.events[-1])
+    a.verdict(png(2), "mura", reviewer="ann")
     result = sync(center, ["fab-a"], timeout_s=2)
-    assert result["verdicts_new"] == 2 and result["undos_new"] == 1
+    assert (result["verdicts_new"], result["verdict_events_new"], result["undos_new"]) == (2, 4, 2)
     ids = set(read_annotations(center.central, "reviewed-aoi").column("image_id").to_pylist())
     assert ids == {hashlib.sha256(png(2)).hexdigest()}
     # undone after it was published, then judged again: the new verdict wins
