@@ -7,15 +7,18 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from configs.errors import UnauthorizedError
+from configs.station_tokens import CENTER_SUBJECT, verify
 from tests.waiting import wait_for
 
-__all__ = ["CENTER_TOKEN", "FakeStation", "row"]
+__all__ = ["CENTER_TOKEN", "FakeStation", "center_signed", "row"]
 
 CENTER_TOKEN = "center-token-for-tests"
 
@@ -27,12 +30,25 @@ def row(product: str = "p1", model_version: str = "adc@1", **counts: Any) -> dic
     return {"product": product, "model_version": model_version, **base, **counts}
 
 
+def center_signed(public_key_pem: Callable[[], str]) -> Callable[[str | None], bool]:
+    """A token check as the real station's: signed by the center's key, subject `center`."""
+
+    def accepts(token: str | None) -> bool:
+        try:
+            return verify(public_key_pem(), token or "").sub == CENTER_SUBJECT
+        except UnauthorizedError:
+            return False
+    return accepts
+
+
 class FakeStation:
-    """The stats route of one site's review station. `rows`, `mode` and `site` may change while it
-    runs; `seen_tokens` holds the station token of every request."""
+    """The stats route of one site's review station. `rows`, `mode`, `site` and `accepts` (the
+    token check; default: the token is CENTER_TOKEN) may change while it runs; `seen_tokens` holds
+    the station token of every request."""
 
     def __init__(self, site: str, rows: list[dict[str, Any]] | None = None) -> None:
         self.site, self.rows, self.mode = site, list(rows or []), "ok"
+        self.accepts: Callable[[str | None], bool] = lambda token: token == CENTER_TOKEN
         self.seen_tokens: list[str | None] = []
         self._release = asyncio.Event()
         app = FastAPI()
@@ -46,7 +62,7 @@ class FakeStation:
                     await asyncio.wait_for(self._release.wait(), timeout=30)
                 except asyncio.TimeoutError:
                     pass
-            if token != CENTER_TOKEN:
+            if not self.accepts(token):
                 return JSONResponse({"error": "UnauthorizedError", "detail": "no station token"}, status_code=401)
             if self.mode == "error":
                 return JSONResponse({"error": "SiteError", "detail": "review DB unavailable"}, status_code=503)

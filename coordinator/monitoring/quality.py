@@ -143,12 +143,11 @@ class QualityCollector:
                 return center.gateway(site.name)  # its ports and token come from the running head
             return gateway_for(site, karmada=center.config.karmada)
 
-        def token() -> str | None:
-            keys = getattr(center, "station_keys", None)  # Center.station_keys (coordinator.center.station_keys)
-            return keys.center_token() if keys is not None else None
+        def token() -> str:
+            return center.station_keys.center_token()  # sub "center", cached until near its expiry
 
-        names = getattr(getattr(center.config, "display_names", None), "products", None)
-        return cls(center.sites, gateway, token, config or center.config.monitoring, alerts, names)
+        return cls(center.sites, gateway, token, config or center.config.monitoring, alerts,
+                   center.config.display_names.products)
 
     # --- lifecycle ---------------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ from coordinator.monitoring.metrics_parse import parse_text, snapshot
 from coordinator.monitoring.monitor import Monitor
 from coordinator.monitoring.quality import QualityCollector, StatsRow, figures, group_figures
 from raycluster.gateway import gateway_for
-from tests.quality_fakes import CENTER_TOKEN, FakeStation, row
+from tests.quality_fakes import CENTER_TOKEN, FakeStation, center_signed, row
 from tests.waiting import wait_for
 
 ROWS = [row("p1", "adc@1", classified=872, automatic=812, review=60, audited_false_defect=500, escapes=2,
@@ -221,8 +221,9 @@ def coordinator(tmp_path, monkeypatch):
             "display_names": {"products": {"p1": "55寸面板"}},
             "monitoring": {"interval_s": 1, "timeout_s": 0.5}})
         center = Center(cfg, tmp_path)
+        for station in (a, b):  # as the real station: the center's signature, subject "center"
+            station.accepts = center_signed(center.station_keys.public_pem)
         monitor = Monitor(center)
-        monitor.quality._token = lambda: CENTER_TOKEN  # Center.station_keys' token in production
         app = create_app(center, "t0ken", monitor=monitor)
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
