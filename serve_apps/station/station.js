@@ -10,7 +10,7 @@
   const TOKEN_KEY = "adcp.station.token";
   const HEADER = "X-Adcp-Station-Token";
   const BATCH = 10;        // items per claim: small, so two reviewers share a short queue
-  const LOW = 4;           // claim more when fewer than this are left
+  const LOW = 6;           // claim more when fewer than this are left (a claim can take a while)
   const PREFETCH = 5;      // images decoded ahead
   const KEEP_DONE = 30;    // judged items kept (undo, second opinion) with their images
   const QUEUE_POLL_MS = 10000;
@@ -31,7 +31,11 @@
   };
   // What this page showed, in order (the browser test compares two reviewers' lists).
   window.station = { shown: [] };
+  let queueSoonTimer = null;
+  const claims = [];  // (asked, got) of each claim, for window.station.state()
 
+  window.station.state = () => ({ queue: st.queue.map((x) => x.id), done: st.done.length, claiming: !!st.claiming,
+                                   known: st.known.size, claims, shownId: st.shownId });
   const t = (key) => (STRINGS[st.lang] && STRINGS[st.lang][key]) || STRINGS.zh[key] || key;
 
   // -- language -------------------------------------------------------------------------------
@@ -53,6 +57,7 @@
 
   // -- talking to the station ------------------------------------------------------------------
   async function api(method, path, body) {
+    if (!st.token && path !== "api/login") throw Object.assign(new Error(t("session_ended")), { status: 0, body: {} });
     const headers = { Accept: "application/json" };
     if (st.token) headers[HEADER] = st.token;
     if (body !== undefined) headers["Content-Type"] = "application/json";
@@ -124,11 +129,11 @@
     stop();
     st.token = "";
     sessionStorage.removeItem(TOKEN_KEY);
-    showLogin("");
-    try {
+    try {  // give the claimed items back first, so the next reviewer gets them at once
       await fetch("api/release", { method: "POST", headers: { [HEADER]: token, "Content-Type": "application/json" },
-                                   body: "{}" });
+                                   body: "{}", signal: AbortSignal.timeout(5000) });
     } catch (_) { /* the leases run out by themselves */ }
+    showLogin("");
   });
 
   async function start() {
@@ -155,6 +160,8 @@
     st.timers.forEach(clearInterval);
     st.timers = [];
     clearTimeout(st.emptyTimer);
+    clearTimeout(queueSoonTimer);
+    queueSoonTimer = null;
     st.images.forEach((e) => e.url && URL.revokeObjectURL(e.url));
     Object.assign(st, { queue: [], done: [], known: new Set(), images: new Map(), claiming: null, firstClaim: true,
                         shownId: null, count: 0, firstAt: 0, lastQueue: null, chain: Promise.resolve() });
@@ -168,6 +175,7 @@
     const include = st.firstClaim;
     st.claiming = api("POST", "api/claim", { n: BATCH, include_held: include })
       .then((r) => {
+        claims.push([BATCH, r.items.length]);
         st.firstClaim = false;
         let added = 0;
         for (const item of r.items) {
@@ -183,7 +191,7 @@
         }
       })
       .catch((e) => { toast(e.message, true); st.emptyTimer = setTimeout(refill, EMPTY_POLL_MS); })
-      .finally(() => { st.claiming = null; prefetch(); renderItem(); });
+      .finally(() => { st.claiming = null; prefetch(); renderItem(); queueSoon(); });
   }
 
   function addClass(name) {
@@ -201,7 +209,9 @@
     let entry = st.images.get(item.id);
     if (entry) return entry.promise;
     entry = { url: null };
-    entry.promise = fetch(item.image_url, { headers: { [HEADER]: st.token } })
+    const get = () => fetch(item.image_url, { headers: { [HEADER]: st.token } });
+    entry.promise = get()
+      .then((r) => (r.ok || r.status === 401 || r.status === 404 ? r : get()))  // one retry of a hiccup
       .then((r) => { if (!r.ok) throw new Error(`image ${item.image_sha256.slice(0, 12)}: ${r.status}`); return r.blob(); })
       .then((blob) => {
         entry.url = URL.createObjectURL(blob);
@@ -332,8 +342,8 @@
 
   function renderProgress() {
     $("done-count").textContent = String(st.count);
-    const mins = (Date.now() - st.firstAt) / 60000;
-    $("rate").textContent = st.count > 1 && mins > 0 ? `${Math.round(st.count / mins)} ${t("per_min")}` : "–";
+    const mins = (Date.now() - st.firstAt) / 60000;  // a rate once there is a few seconds to measure
+    $("rate").textContent = st.count > 1 && mins > 0.15 ? `${Math.round(st.count / mins)} ${t("per_min")}` : "–";
     const last = st.done[st.done.length - 1];
     $("last-verdict").textContent = last ? (last.label === "unsure" ? t("unsure") : className(last.label)) : "–";
   }
@@ -368,6 +378,10 @@
   }
 
   function pollQueue() { api("GET", "api/queue").then(renderQueue).catch(() => {}); }
+  function queueSoon() {  // after verdicts: one refresh of the side panel, not one per key
+    if (queueSoonTimer) return;
+    queueSoonTimer = setTimeout(() => { queueSoonTimer = null; pollQueue(); }, 1500);
+  }
 
   // -- verdicts ----------------------------------------------------------------------------------
   function flash(id) {
@@ -393,7 +407,7 @@
     renderProgress();
     prefetch();
     refill();
-    later(() => api("POST", "api/verdict", { item_id: item.id, label }).then((ev) => { entry.event = ev; })
+    later(() => api("POST", "api/verdict", { item_id: item.id, label }).then((ev) => { entry.event = ev; queueSoon(); })
       .catch((e) => {
         entry.failed = true;
         st.count -= 1;
