@@ -26,8 +26,8 @@ from coordinator.api.job_routes import add_job_routes
 from coordinator.api.model_routes import add_model_routes
 from coordinator.api.monitoring_routes import add_monitoring_routes
 from coordinator.api.platform_routes import add_platform_routes, principal_name
-from coordinator.api.review_routes import add_review_routes
 from coordinator.api.quality_routes import add_quality_routes
+from coordinator.api.review_routes import add_review_routes
 from coordinator.api.upload_routes import add_upload_routes
 from coordinator.api.user_routes import add_user_routes
 from coordinator.center.core import CENTER, Center
