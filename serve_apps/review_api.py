@@ -22,7 +22,7 @@ import fsspec
 import numpy as np
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.security import APIKeyHeader
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field
@@ -67,7 +67,7 @@ class LoginIn(_Body):
 
 
 class ClaimIn(_Body):
-    n: int = Field(20, ge=1, le=200, description="how many items to lease")
+    n: int = Field(20, ge=0, le=200, description="how many new items to lease (0: only renew the lease on those held)")
     product: str | None = Field(None, description="only items of this product (all products when null)")
     include_held: bool = Field(False, description="also return the items you still hold (a page that reloaded)")
 
@@ -189,11 +189,19 @@ def build_review_api(db: Any, *, site: str, public_key_pem: str, center_url: str
     async def _http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"error": "HTTPError", "detail": e.detail}, status_code=e.status_code, headers=e.headers)
 
+    @api.middleware("http")
+    async def _bare_prefix(request: Request, call_next):
+        # `/review` without its slash: redirect relatively (`review/`), so that the page's relative
+        # links resolve and the redirect stays right behind proxies that add their own prefix.
+        root = request.scope.get("root_path", "")
+        if root and request.scope["path"] == root:
+            return RedirectResponse(root.rsplit("/", 1)[-1] + "/", status_code=307)
+        return await call_next(request)
+
     # -- the page --------------------------------------------------------------------------
 
     @api.get("/", include_in_schema=False)
     def page() -> Response:
-        # `/review` (no slash) is redirected to `/review/` by Starlette, so relative links resolve.
         return FileResponse(STATION_DIR / "index.html", media_type="text/html; charset=utf-8", headers=_NO_CACHE)
 
     @api.get("/static/{name}", include_in_schema=False)
