@@ -393,3 +393,18 @@ def test_station_classes_put_named_classes_first_and_false_defect_last():
     assert got[0] == {"name": "bubble", "display_name": "气泡", "key": "1"}
     assert got[-1] == {"name": "false_defect", "display_name": "误报", "key": "F"}
     assert [c["name"] for c in got[1:-1]] == ["particle", "scratch", "mura", "line_defect", "pinhole"]
+
+
+def test_the_serve_app_builds_from_its_environment(tmp_path, monkeypatch):
+    from ray import serve
+
+    from serve_apps.review import ReviewDeployment
+
+    key = Ed25519PrivateKey.generate()
+    monkeypatch.setenv("ADCP_SITE", "fab-a")
+    monkeypatch.setenv("ADCP_REVIEW_DB_URL", f"sqlite:///{tmp_path / 'review.db'}")
+    monkeypatch.setenv("ADCP_CENTER_PUBLIC_KEY", public_pem(key))
+    monkeypatch.setenv("ADCP_REVIEW_LEASE_S", "90")
+    serve.run(ReviewDeployment.bind(), _local_testing_mode=True)  # the replica reads the env, opens the DB
+    assert (tmp_path / "review.db").is_file()
+    assert ReviewDeployment.ray_actor_options["num_cpus"] == 0.1
