@@ -12,7 +12,7 @@ Every method takes an optional keyword `now` (an aware datetime) so tests can mo
 from __future__ import annotations
 
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +71,9 @@ class QueuedItem:
     classes: list[str] = field(default_factory=list)  # the model's classes (the verdict labels)
 
 
+_ITEM_FIELDS = tuple(f.name for f in fields(QueuedItem))
+
+
 def _utcnow(now: datetime | None) -> datetime:
     if now is None:
         return datetime.now(timezone.utc)
@@ -109,8 +112,9 @@ class ReviewDB:
             raise ConfigError(f"review DB {self.url!r} has schema version {found}, newer than this code's",
                               allowed=f"schema version <= {SCHEMA_VERSION}", hint="upgrade the platform at this site")
 
-    def _upsert(self, table: Any, keys: list[str], rows: list[dict], set_cols: dict[str, Any]) -> Any:
-        ins = (postgresql if self._pg else sqlite).insert(table).values(rows)
+    def _upsert(self, table: Any, keys: list[str], set_cols: dict[str, Any]) -> Any:
+        """INSERT ... ON CONFLICT DO UPDATE, to execute with a list of rows (one compiled statement)."""
+        ins = (postgresql if self._pg else sqlite).insert(table)
         return ins.on_conflict_do_update(index_elements=keys, set_={k: v(ins.excluded) for k, v in set_cols.items()})
 
     def close(self) -> None:
@@ -170,30 +174,29 @@ class ReviewDB:
         return list(dict.fromkeys([*classes, *SPECIAL_LABELS]))
 
     # ---- the recorder's side -------------------------------------------------------------
-    def record(self, items: list[QueuedItem]) -> None:
-        """Queue these decisions for review (one transaction)."""
+    def record(self, items: list[QueuedItem], counts: dict[tuple[str, str, str, str], int] | None = None) -> None:
+        """Queue these decisions for review, and add `counts` (as count_decisions), in one transaction."""
         rows = []
         for it in items:
             if it.decision not in DECISIONS:
                 raise InputError(f"decision {it.decision!r} of item {it.id}", allowed=", ".join(DECISIONS))
-            row = asdict(it)
+            row = {name: getattr(it, name) for name in _ITEM_FIELDS}  # shallow: asdict deep-copies
             row.update(first_why=it.why, state="queued", second_opinion=False)
             rows.append(row)
-        if not rows:
+        counted = [{"site": s, "product": p, "model_version": m, "decision": d, "n": int(n)}
+                   for (s, p, m, d), n in (counts or {}).items() if n]
+        if not rows and not counted:
             return
         with self._engine.begin() as c:
             for i in range(0, len(rows), MAX_BATCH):
                 c.execute(insert(review_items), rows[i:i + MAX_BATCH])
+            if counted:
+                c.execute(self._upsert(decision_counts, ["site", "product", "model_version", "decision"],
+                                       {"n": lambda ex: decision_counts.c.n + ex.n}), counted)
 
     def count_decisions(self, counts: dict[tuple[str, str, str, str], int]) -> None:
         """Add n to each (site, product, model_version, decision) count."""
-        rows = [{"site": s, "product": p, "model_version": m, "decision": d, "n": int(n)}
-                for (s, p, m, d), n in counts.items() if n]
-        if not rows:
-            return
-        with self._engine.begin() as c:
-            c.execute(self._upsert(decision_counts, ["site", "product", "model_version", "decision"], rows,
-                                   {"n": lambda ex: decision_counts.c.n + ex.n}))
+        self.record([], counts)
 
     # ---- the reviewer's side --------------------------------------------------------------
     def claim(self, reviewer: str, n: int, *, lease_s: float, product: str | None = None,
@@ -429,8 +432,8 @@ class ReviewDB:
                 continue
             cols = ("artifact", "label", "product", "annotator", "annotated_at", "loaded_at")
             with self._engine.begin() as c:
-                c.execute(self._upsert(site_annotations, ["image_id", "source"], rows,
-                                       {k: (lambda ex, k=k: getattr(ex, k)) for k in cols}))
+                c.execute(self._upsert(site_annotations, ["image_id", "source"],
+                                       {k: (lambda ex, k=k: getattr(ex, k)) for k in cols}), rows)
             total += len(rows)
         return total
 
@@ -454,5 +457,5 @@ class ReviewDB:
 
     def set_state(self, key: str, value: str) -> None:
         with self._engine.begin() as c:
-            c.execute(self._upsert(station_state, ["key"], [{"key": key, "value": value}],
-                                   {"value": lambda ex: ex.value}))
+            c.execute(self._upsert(station_state, ["key"], {"value": lambda ex: ex.value}),
+                      [{"key": key, "value": value}])

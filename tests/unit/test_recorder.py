@@ -185,10 +185,10 @@ def test_full_queue_drops_and_counts(make, db):
     entered, release = threading.Event(), threading.Event()
 
     class SlowDB:
-        def record(self, items):
+        def record(self, items, counts=None):
             entered.set()
             release.wait(30)
-            db.record(items)
+            db.record(items, counts)
 
         def count_decisions(self, counts):
             db.count_decisions(counts)
