@@ -151,6 +151,12 @@ def test_a_reviewer_of_fab_a_gets_403_at_fab_b(browser, tmp_path):
             expect(page.page.locator("#login-error")).to_contain_text("403", timeout=WAIT_MS)
             expect(page.page.locator("#login-error")).to_contain_text("fab-a")
             expect(page.page.locator("#station-view")).to_be_hidden()
+            # a center API token needs the center: this station has none, and says a station token works
+            page.page.locator('input[name="kind"][value="api_token"]').check()
+            page.login("some-api-token")
+            expect(page.page.locator("#login-error")).to_contain_text("503", timeout=WAIT_MS)
+            expect(page.page.locator("#login-error")).to_contain_text("station token")
+            page.page.locator('input[name="kind"][value="token"]').check()
             page.login(fab_b.token("li.wei", sites=("fab-a", "fab-b")))  # a token for both sites works
             expect(page.page.locator("#image[data-item-id]")).to_be_attached(timeout=WAIT_MS)
         finally:
