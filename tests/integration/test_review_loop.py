@@ -2,12 +2,13 @@
 own images (`adcp data import`), a model is rolled out (both Serve apps: ADC at `/`, the review
 station at `/review`), an AOI machine classifies over HTTP with its product, every `review`
 decision and the audit sample land in the site's review queue (`adcp review queue`), a reviewer
-the center issued logs in at the station and gives verdicts (one undone and given again), the
+the center issued logs in at the station in Chromium with their API token and judges by keyboard,
+then through the station's JSON routes (one verdict undone and given again), the
 coordinator pulls them back (`adcp review sync`, twice: nothing is counted twice), and production
 quality is measured from them (`adcp quality`).
 
-The browser side of the station (keyboard, two reviewers, 403 at another site) is
-tests/integration/test_review_station_browser.py; this test drives the station's JSON routes.
+The station page in depth (50 by keyboard, two reviewers apart, 403 at another site, layouts) is
+tests/integration/test_review_station_browser.py.
 """
 
 from __future__ import annotations
@@ -81,6 +82,40 @@ def _mixed_model(folder: Path, files: list[Path]) -> tuple[int, float]:
     return best
 
 
+KEYS = {"particle": "1", "scratch": "2", "mura": "3", "line_defect": "4", "pinhole": "5", "false_defect": "F"}
+
+
+def _judge_in_browser(url: str, headers: dict, api_token: str, truth, count: int) -> list[str]:
+    """Log in at the station page in Debian's Chromium with a center API token and judge `count`
+    images by keyboard (the key of `truth(item_id)`); log out (the rest go back). Item ids judged."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="make install-test installs playwright")
+    judged = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"], headless=True)
+        try:
+            page = browser.new_context(viewport={"width": 1920, "height": 1080},
+                                       extra_http_headers=headers).new_page()
+            assert page.goto(url).status == 200
+            page.locator('input[name="kind"][value="api_token"]').check()
+            page.locator("#credential").fill(api_token)
+            page.locator("#login-submit").click()
+            sync_api.expect(page.locator("#site-name")).to_have_text("北京一厂", timeout=30_000)
+            for _ in range(count):
+                image = page.locator("#image[data-item-id]")
+                sync_api.expect(image).to_be_attached(timeout=30_000)
+                item = image.get_attribute("data-item-id")
+                page.keyboard.press(KEYS[truth(item)])
+                page.wait_for_function("(prev) => document.getElementById('image').dataset.itemId !== prev",
+                                       arg=item, timeout=30_000)
+                judged.append(item)
+            sync_api.expect(page.locator("#done-count")).to_have_text(str(count), timeout=30_000)
+            page.locator("#logout").click()
+            sync_api.expect(page.locator("#login-view")).to_be_visible(timeout=30_000)
+        finally:
+            browser.close()
+    return judged
+
+
 @pytest.fixture(scope="module")
 def line(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("line")
@@ -135,11 +170,18 @@ def test_import_classify_review_sync_quality(line, capsys):
     assert {i["model_version"] for i in items} == {"adc-line@1"}
     assert sum(i["decision"] == "review" for i in items) == decisions.count("review")
 
-    # 4. a reviewer the center issued logs in at the station (API token exchanged for a station token)
+    # 4. a reviewer the center issued logs in at the station in Chromium with the API token the
+    # center gave (the station exchanges it for a station token) and judges a few by keyboard
     user = _cli_json(capsys, home, "user", "add", "li", "--role", "reviewer", "--sites", "fab-a")
     station = f"{serve}/review"
+    by_sha = {hashlib.sha256(p.read_bytes()).hexdigest(): labels[p.name] for p in files}
+    sha_of = {i["id"]: i["image_sha256"] for i in items}
+    by_keyboard = _judge_in_browser(f"{station}/", headers, user["token"],
+                                    lambda item_id: by_sha[sha_of[item_id]], count=3)
+    assert len(set(by_keyboard)) == 3
+
+    # ... and the rest through the station's JSON routes (what the page calls)
     with httpx.Client(timeout=60, headers=headers) as client:
-        assert client.get(f"{station}/").status_code == 200
         login = client.post(f"{station}/api/login", json={"api_token": user["token"]})
         assert login.status_code == 200, login.text
         client.headers[STATION_TOKEN_HEADER] = login.json()["token"]
@@ -149,10 +191,8 @@ def test_import_classify_review_sync_quality(line, capsys):
         assert bad.status_code in (400, 409, 422) and bad.json()["detail"]
 
         claimed = client.post(f"{station}/api/claim", json={"n": 100}).json()["items"]
-        assert len(claimed) == len(files)
-        by_sha = {}
-        for path in files:
-            by_sha[hashlib.sha256(path.read_bytes()).hexdigest()] = labels[path.name]
+        assert len(claimed) == len(files) - len(by_keyboard)
+        assert not {i["id"] for i in claimed} & set(by_keyboard)
         for k, item in enumerate(claimed):
             image = client.get(f"{station}/api/images/{item['image_sha256']}")
             assert image.status_code == 200 and image.content
