@@ -15,15 +15,8 @@ fetched (from the site store over fsspec at `image_uri`, or from the station's
 it still counts) and `dataset/reviewed-<dataset>` (`data.image_datasets.publish_images`); a line
 of dataset "" is `reviewed`. Each sync also pushes the signed disabled-accounts list to every site.
 
-The conflict rule (several verdicts on one image):
-
-1. only live verdicts count: an undone verdict does not, "unsure" never does, and of one
-   reviewer's verdicts on an image only the latest counts;
-2. the label most live verdicts give wins (majority; one verdict alone: `single`, all agreeing:
-   `unanimous`);
-3. a tie goes to the label given by the most senior role (admin > engineer > operator >
-   reviewer): `senior_role`;
-4. still tied (the most senior role gave both labels): the latest of those verdicts: `latest`.
+The conflict rule that resolves several verdicts on one image is written in
+`coordinator.jobs.review_rule` (majority, then the senior role, then the latest).
 
 `conflicts(center)` lists the images whose live verdicts disagree, with their verdicts, the
 resolved label and the rule used.
