@@ -12,12 +12,13 @@ overrides then leave worker replicas to Karmada.
 
 The RayService holds both Serve apps (ADC and the review station) and their environment
 (`configs.site_env`: site, store, display names, the center's public key and URL); the review DB
-URL is read from the Secret `SiteConfig.review_db_secret` (key `url`), which the render does not
-hold: the operator creates it, at the site for `kuberay`, in `karmada.namespace` on the Karmada
-apiserver for `karmada`, where `policies/review-db-secrets.yaml` pins each site's Secret to that
-site's cluster only. The RayService template refers to the neutral `adcp-review-db` and each
-site's override names its own Secret, so that `propagateDeps` never carries one site's database
-credentials to another site's cluster.
+URL is read from the Secret `SiteConfig.review_db_secret` (key `url`). The render writes that
+Secret when the platform file gives the site's `review.db_url`; otherwise the operator creates it,
+at the site for `kuberay`, in `karmada.namespace` on the Karmada apiserver for `karmada`. There
+`policies/review-db-secrets.yaml` pins each site's Secret to that site's cluster only. The
+RayService template refers to the neutral `adcp-review-db` and each site's override names its own
+Secret, so that `propagateDeps` never carries one site's database credentials to another site's
+cluster.
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ TARGETS = ("kuberay", "karmada")
 #: Karmada apiserver, so propagateDeps carries none (each site's override names its own).
 TEMPLATE_DB_SECRET = "adcp-review-db"
 
-__all__ = ["TEMPLATE_DB_SECRET", "Target", "cluster_of", "load", "render", "serve_env", "site_objects",
-           "training_job", "write"]
+__all__ = ["TEMPLATE_DB_SECRET", "Target", "cluster_of", "load", "render", "review_db_secret", "serve_env",
+           "site_objects", "training_job", "write"]
 
 
 def cluster_of(site: SiteConfig) -> str:
@@ -106,7 +107,9 @@ def render(platform: PlatformConfig, target: Target, *, sites: list[str] | None 
            template_site: str | None = None, center_public_key: str | None = None) -> dict[str, list[dict]]:
     """Relative file path -> objects. `kuberay`: `<site>/raycluster.yaml`, `<site>/rayservice.yaml`;
     `karmada`: `templates/*.yaml`, `policies/propagation.yaml`, `policies/override-<site>.yaml`,
-    `policies/review-db-secrets.yaml` and `policies/spread.yaml` when the RayService is spread.
+    `policies/review-db-secrets.yaml`, `policies/spread.yaml` when the RayService is spread, and
+    `secrets/review-db-<site>.yaml` (kuberay: `<site>/review-db-secret.yaml`) for each site whose
+    `review.db_url` is set.
     `template_site` (default: the first rendered site) is the site the Karmada templates are
     rendered from. `center_public_key`: the center's station-token key (PEM) for the review
     stations (`GET /api/v1/review/public-key`); without it they accept no station token.
@@ -120,7 +123,10 @@ def render(platform: PlatformConfig, target: Target, *, sites: list[str] | None 
     objects = {s.name: site_objects(s, serve, model_uri=model_uri, working_dir=working_dir, env=envs[s.name])
                for s in chosen}
     if target == "kuberay":
-        return {f"{name}/{kind}.yaml": [obj] for name, objs in objects.items() for kind, obj in objs.items()}
+        out = {f"{name}/{kind}.yaml": [obj] for name, objs in objects.items() for kind, obj in objs.items()}
+        out.update({f"{s.name}/review-db-secret.yaml": [review_db_secret(s, s.runtime.namespace)]
+                    for s in chosen if s.review.db_url})
+        return out
     tpl = _template_site(chosen, template_site)
     templates = {**objects[tpl.name], "rayservice": site_objects(
         tpl, serve, model_uri=model_uri, working_dir=working_dir, env=envs[tpl.name],
@@ -187,6 +193,8 @@ def _karmada(platform: PlatformConfig, chosen: list[SiteConfig], objects: dict[s
             dns_name("adcp-review-db", site.name), [_secret_ref(site.review_db_secret, k.namespace)],
             namespace=k.namespace, cluster_names=[cluster_of(site)], cluster_scoped=k.cluster_scoped)
         for site in chosen]
+    out.update({f"secrets/review-db-{site.name}.yaml": [review_db_secret(site, k.namespace)]
+                for site in chosen if site.review.db_url})
     for site in chosen:
         out[f"policies/override-{site.name}.yaml"] = [
             policies.site_override_policy(
@@ -204,6 +212,16 @@ def _karmada(platform: PlatformConfig, chosen: list[SiteConfig], objects: dict[s
             replica_scheduling=scheduling, cluster_scoped=k.cluster_scoped,
             match_expressions=policies.label_in(k.site_label, [label_value(n) for n in spread]))]
     return out
+
+
+def review_db_secret(site: SiteConfig, namespace: str) -> dict:
+    """The Secret holding `site`'s review DB URL (key `url`), for a site whose platform file gives
+    `review.db_url`; the rendered files are written mode 0600 (`write`). Without a `db_url` the
+    operator creates the Secret (`kubectl create secret generic ... --from-literal=url=...`)."""
+    return {"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": site.review_db_secret, "namespace": namespace,
+                         "labels": {"app.kubernetes.io/part-of": "adcp"}},
+            "type": "Opaque", "stringData": {"url": site.review.db_url}}
 
 
 def _secret_ref(name: str, namespace: str) -> dict:

@@ -133,3 +133,25 @@ def test_adcp_render_passes_the_center_public_key(tmp_path, capsys):
     assert env[site_env.CENTER_URL] == "https://adcp.example.com"
     assert json.loads(env[site_env.DISPLAY_NAMES])["site"] == "北京一厂"
     assert env[site_env.REVIEW_DB_URL] == {"secretKeyRef": {"name": "adcp-review-db-fab-a", "key": "url"}}
+
+
+def test_a_site_whose_platform_file_gives_the_db_url_gets_its_secret_rendered(tmp_path):
+    cfg = platform()
+    cfg.sites[0].review.db_url = "postgresql+psycopg://adc:pw@pg.fab-a/review"
+    kube = render.render(cfg, "kuberay", model_uri="s3://a/store/model/m@1")
+    (secret,) = kube["fab-a/review-db-secret.yaml"]
+    assert secret["kind"] == "Secret" and secret["metadata"]["name"] == "adcp-review-db-fab-a"
+    assert secret["metadata"]["namespace"] == "ray-system"
+    assert secret["stringData"] == {"url": "postgresql+psycopg://adc:pw@pg.fab-a/review"}
+    assert "fab-b/review-db-secret.yaml" not in kube  # no db_url: the operator creates fab-b's
+
+    fed = render.render(cfg, "karmada", model_uri="s3://a/store/model/m@1")
+    assert [s["metadata"]["name"] for s in fed["secrets/review-db-fab-a.yaml"]] == ["adcp-review-db-fab-a"]
+    assert not any(k.startswith("secrets/review-db-fab-b") for k in fed)
+    # the Secret's name is the one the site's policy propagates and its override points the RayService at
+    selected = [r["name"] for p in fed["policies/review-db-secrets.yaml"]
+                for r in p["spec"]["resourceSelectors"]]
+    assert "adcp-review-db-fab-a" in selected
+    for path in render.write(fed, tmp_path):
+        assert path.stat().st_mode & 0o077 == 0  # credentials: readable by the owner only
+    assert "postgresql+psycopg://adc:pw@" not in json.dumps(fed["templates/rayservice.yaml"])
