@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from configs.errors import ConfigError
 from configs.kube import KarmadaConfig, KubeRayRuntime
+from configs.lines import LineConfig
 from configs.loader import validate
 from configs.models import LocalSiteConfig, check_site_name, unique_names
 from configs.monitoring import MonitoringConfig
@@ -319,6 +320,8 @@ class PlatformConfig(_Strict):
                                          description="Collection interval, history and alert rules")
     display_names: DisplayNames = Field(default_factory=DisplayNames,
                                         description="Display names of products and classes")
+    lines: list[LineConfig] = Field(default_factory=list, description="Model lines: retraining, gate, shadow "
+                                    "and staged release policy (configs/lines.py)")
 
     @field_validator("sites")
     @classmethod
@@ -326,8 +329,17 @@ class PlatformConfig(_Strict):
         unique_names([s.name for s in v], "site names")
         return v
 
+    @field_validator("lines")
+    @classmethod
+    def _unique_lines(cls, v: list[LineConfig]) -> list[LineConfig]:
+        unique_names([line.name for line in v], "model line names")
+        return v
+
     def site(self, name: str) -> SiteConfig | None:
         return next((s for s in self.sites if s.name == name), None)
+
+    def line(self, name: str) -> LineConfig | None:
+        return next((line for line in self.lines if line.name == name), None)
 
 
 def _expand(value: Any, home: str) -> Any:
