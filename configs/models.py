@@ -272,6 +272,28 @@ class ServeUserConfig(_Strict):
         0.02, ge=0, le=1, description="Share of automatic (defect / false_defect) decisions also queued "
         "for a human verdict (why=audit), to measure escapes and overkill in production."
     )
+    thresholds: dict[str, float] | None = Field(
+        None, description="Per-class confidence thresholds that replace the model's own for the "
+        "classes named (e.g. the gate's recalibrated ones); other classes keep the model's."
+    )
+    shadow_model_uri: str | None = Field(
+        None, description="fsspec URL of a challenger model run beside the champion on a share of "
+        "the images, off the caller's path; callers always get the champion's answer."
+    )
+    shadow_rate: float = Field(
+        0.0, ge=0, le=1, description="Share of images also classified by the shadow model (0: none)."
+    )
+    shadow_thresholds: dict[str, float] | None = Field(
+        None, description="Thresholds that replace the shadow model's own for the classes named."
+    )
+
+    @field_validator("thresholds", "shadow_thresholds")
+    @classmethod
+    def _thresholds(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        bad = {k: t for k, t in (v or {}).items() if not 0.0 <= t <= 1.0}
+        if bad:
+            raise ValueError(f"Got {bad} in thresholds. A threshold is a confidence from 0 to 1.")
+        return v
 
     @model_validator(mode="after")
     def _sides(self) -> ServeUserConfig:
