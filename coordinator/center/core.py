@@ -26,6 +26,7 @@ from coordinator.center import bundle
 from coordinator.center.registry import push_to_registry
 from coordinator.center.station_keys import StationKeys
 from coordinator.state.db import State
+from coordinator.state.model_lines import ModelLines
 from data.artifacts import ArtifactRef, ArtifactStore
 from data.images import download_image
 from data.publish import verify_and_repair
@@ -93,6 +94,7 @@ class Center:
         self.state = State(config.center.state_db)
         self.central = ArtifactStore(config.center.store.url, config.center.store.options or None)
         self._station_keys: StationKeys | None = None
+        self._lines: ModelLines | None = None
         #: Called as hook(ref, site) after each successful push leg; a dict it returns joins the
         #: leg's result (the review sync loads an annotations artifact into the site's review DB).
         self.push_hooks: list[Callable[[ArtifactRef, str], dict[str, Any] | None]] = []
@@ -120,6 +122,13 @@ class Center:
         if self._station_keys is None:
             self._station_keys = StationKeys(self.home)
         return self._station_keys
+
+    @property
+    def lines(self) -> ModelLines:
+        """The model lines' aliases, their moves and reports (coordinator.state.model_lines)."""
+        if self._lines is None:
+            self._lines = ModelLines(self.state)
+        return self._lines
 
     # --- sites ------------------------------------------------------------------------------
 
