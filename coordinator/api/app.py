@@ -23,6 +23,7 @@ from configs.errors import AdcpError, InputError
 from coordinator.api.auth import install_door
 from coordinator.api.dataset_routes import add_dataset_routes
 from coordinator.api.job_routes import add_job_routes
+from coordinator.api.line_routes import add_line_routes
 from coordinator.api.model_routes import add_model_routes
 from coordinator.api.monitoring_routes import add_monitoring_routes
 from coordinator.api.platform_routes import add_platform_routes, principal_name
@@ -174,6 +175,7 @@ def create_app(center: Center, token: str, trainer: Trainer | None = None, monit
     add_platform_routes(app, center, tasks, local_sites)
     add_upload_routes(app, Uploads(center.central, center.home / "coordinator" / "uploads"))
     add_model_routes(app, center)
+    add_line_routes(app, center)
     add_dataset_routes(app, center, tasks)
     add_monitoring_routes(app, center, monitor)
     add_quality_routes(app, center, monitor)

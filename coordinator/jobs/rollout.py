@@ -24,7 +24,7 @@ from configs.errors import AdcpError, ConflictError, InputError, NotFoundError, 
 from configs.models import ServeConfig
 from coordinator.center import bundle
 from coordinator.center.core import Center
-from coordinator.jobs import serving
+from coordinator.jobs import aliases, serving
 from data.artifacts import ArtifactRef, ObjectEntry
 from data.model_format import read_metadata
 from raycluster.gateway import SiteGateway
@@ -88,15 +88,21 @@ def served_models(center: Center) -> dict[str, str | None]:
 
 
 def list_models(center: Center) -> list[dict[str, Any]]:
-    """Model artifacts of the central store, each with the sites whose Serve app serves it now."""
+    """Model artifacts of the central store, each with the sites whose Serve app serves it now and
+    its aliases per site (`{"fab-a": ["champion"]}`)."""
     served = served_models(center)
+    line_aliases: dict[str, dict[str, dict[str, str]]] = {}
     rows = []
     for m in center.central.list("model"):
         ref = str(m.ref)
+        if m.name not in line_aliases:
+            line_aliases[m.name] = center.lines.aliases(m.name)
         rows.append({"ref": ref, "name": m.name, "version": m.version, "bytes": m.total_bytes,
                      "created": m.created, "model_id": m.meta.get("model_id"),
                      "metrics": m.meta.get("metrics") or {},
-                     "serving_at": sorted(site for site, model in served.items() if model == ref)})
+                     "serving_at": sorted(site for site, model in served.items() if model == ref),
+                     "aliases": {site: sorted(a for a, v in names.items() if v == m.version)
+                                 for site, names in line_aliases[m.name].items() if m.version in names.values()}})
     return rows
 
 
@@ -156,10 +162,14 @@ def _destinations(center: Center, sites: list[str]) -> list[str]:
 
 
 def deploy(center: Center, ref: str | ArtifactRef, sites: list[str], serve_cfg: ServeConfig | None = None, *,
-           timeout_s: float = 240, on_event: Event | None = None) -> list[dict[str, Any]]:
+           timeout_s: float = 240, on_event: Event | None = None, by: str | None = None,
+           why: str | None = None) -> list[dict[str, Any]]:
     """Roll model `ref` out to every site in `sites` at once; per site
     `{"site", "model", "previous", "seconds", "status", "deployment_id"}` (+ `"error"`), where
     `seconds` runs from this call to the new version answering at the site's Serve endpoint.
+
+    Each site that serves the model afterwards has its version as the line's champion (previous <-
+    the old one; aliases.on_deployed, moved by `by` for `why`, "deploy" by default).
 
     Raises InputError/NotFoundError before anything is recorded when the model or a site does not
     exist; ConflictError (409) before anything is shipped when a rollout to one of the sites is
@@ -184,6 +194,9 @@ def deploy(center: Center, ref: str | ArtifactRef, sites: list[str], serve_cfg: 
         with ThreadPoolExecutor(max_workers=len(names)) as pool:
             futures = [pool.submit(one, n) for n in names]
     rows = [f.result() for f in futures]  # re-raises only what is not an AdcpError (our bugs)
+    for r in rows:
+        if r["status"] == "serving":
+            aliases.on_deployed(center, ref, r["site"], by=by, why=why)
     failed = [r for r in rows if r["status"] != "serving"]
     if failed:
         raise SiteError(f"Rollout of {ref} failed at {len(failed)} of {len(rows)} sites: "
@@ -280,14 +293,17 @@ def _wait_serving(gw: SiteGateway, app_name: str, model_id: str, model_uri: str,
 # --- rollback ----------------------------------------------------------------------------------
 
 def rollback(center: Center, site: str, serve_cfg: ServeConfig | None = None, *, timeout_s: float = 240,
-             on_event: Event | None = None) -> dict[str, Any]:
+             on_event: Event | None = None, by: str | None = None, why: str | None = None) -> dict[str, Any]:
     """Redeploy the model `site` served before its current one; that site's row as `deploy` gives it.
+    Its line's aliases move back (champion <- previous, previous <- the rolled back version), the
+    move's why "rollback" (": `why`" when given).
 
     NotFoundError when the coordinator never rolled a model out there, or only one. A second
     rollback undoes the first (it returns to the model the rollback replaced)."""
     current = rollback_target(center, site)
     try:
-        return deploy(center, current["previous"], [site], serve_cfg, timeout_s=timeout_s, on_event=on_event)[0]
+        return deploy(center, current["previous"], [site], serve_cfg, timeout_s=timeout_s, on_event=on_event,
+                      by=by, why=f"rollback: {why}" if why else "rollback")[0]
     except SiteError as e:
         if e.details.get("results"):
             raise SiteError(f"Rollback of {site} to {current['previous']} failed: {e.details['results'][0]['error']}",
