@@ -146,20 +146,6 @@ class ModelLines:
                 self._move(db, line, site, "challenger", version, None, by, why, stamp)
             return self._site_aliases(db, line, site)
 
-    def roll_back(self, line: str, site: str, to_version: str, *, by: str, why: str) -> dict[str, str]:
-        """A rollback at `site` to `to_version`: champion <- to_version, previous <- the rolled back
-        champion (so a second rollback returns to it). The site's aliases after it."""
-        line, site, to_version = _line(line), _site(site), _version(line, to_version)
-        by, why = _text(by, "who"), _text(why, "why")
-        stamp = now()
-        with self._tx() as db:
-            current = self._site_aliases(db, line, site)
-            champion = current.get("champion")
-            if champion != to_version:
-                self._move(db, line, site, "previous", current.get("previous"), champion, by, why, stamp)
-                self._move(db, line, site, "champion", champion, to_version, by, why, stamp)
-            return self._site_aliases(db, line, site)
-
     def set_alias(self, line: str, site: str, alias: str, version: str | None, *, by: str,
                   why: str) -> dict[str, str]:
         """Set (or with `version` None remove) one alias of `line` at `site`; the site's aliases after it."""
