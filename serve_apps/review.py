@@ -77,7 +77,10 @@ def station_settings(env: Mapping[str, str]) -> dict[str, Any]:
     }
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64, health_check_period_s=10)
+# No CPU reserved: the station is a light web app waiting on its DB and store, and a fractional CPU
+# it held would be taken from what a site's training job needs (a 4-CPU site serving the ADC app
+# has exactly 3 left for Ray Train's workers and Ray Data; 2.9 would leave the job pending).
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64, health_check_period_s=10)
 @serve.ingress()
 class ReviewDeployment:
     """Ray Serve replica: the site review DB and the station's FastAPI app."""
