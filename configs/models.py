@@ -392,17 +392,11 @@ class GateJobConfig(_Strict):
     recent_annotations: str | None = Field(None, description="Annotations URL with the verdict labels of "
                                            "recent_dataset (default: the dataset's own labels).")
     limits: dict[str, Any] = Field(default_factory=dict, description="The line's gate limits "
-                                   "(configs.lines.GateLimits as a JSON object; missing keys take its defaults).")
+                                   "(configs.lines.GateLimits as a JSON object, checked by the job; missing keys "
+                                   "take its defaults).")
     output: str = Field(..., description="fsspec URL of a folder: the report is written there as gate.json.")
     target_precision: float | None = Field(None, gt=0.5, le=1.0, description="Precision the challenger's "
                                            "thresholds are recalibrated for; default: what it was trained with, "
                                            "else the limits' min_auto_precision.")
     batch_size: int = Field(256, ge=1, le=4096, description="Images per inference batch.")
     threads: int = Field(1, ge=1, le=256, description="torch intra-op threads.")
-
-    @field_validator("limits")
-    @classmethod
-    def _limits(cls, v: dict[str, Any]) -> dict[str, Any]:
-        from configs.lines import GateLimits  # configs.lines imports this module
-
-        return GateLimits.model_validate(v).model_dump()

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from configs.errors import AdcpError, InputError
 from coordinator.api.auth import install_door
 from coordinator.api.dataset_routes import add_dataset_routes
+from coordinator.api.gate_routes import add_gate_routes
 from coordinator.api.job_routes import add_job_routes
 from coordinator.api.line_routes import add_line_routes
 from coordinator.api.model_routes import add_model_routes
@@ -182,6 +183,7 @@ def create_app(center: Center, token: str, trainer: Trainer | None = None, monit
     add_dashboard_routes(app, center)
     add_user_routes(app, users, audit)
     add_review_routes(app, center, tasks)
+    add_gate_routes(app, center, tasks)
     if trainer is not None:
         add_job_routes(app, trainer)
     return app

@@ -82,6 +82,8 @@ ROUTE_ROLES: dict[tuple[str, str], tuple[str, ...]] = {
     # models and rollouts
     ("GET", f"{_V1}/models"): _READ,
     ("POST", f"{_V1}/models/{{name}}/{{version}}/deploy"): _BUILD,
+    ("POST", f"{_V1}/models/{{line}}/{{version}}/gate"): _BUILD,  # score against the champion
+    ("POST", f"{_V1}/models/{{line}}/golden"): _BUILD,  # publish a line's golden set
     ("GET", f"{_V1}/models/{{line}}/history"): _READ,  # model lines: versions, aliases per site, moves
     ("PUT", f"{_V1}/models/{{line}}/aliases/{{alias}}"): _BUILD,
     ("POST", f"{_V1}/sites/{{site}}/rollback"): _BUILD,

@@ -254,7 +254,7 @@ class Center:
             args += ["--store-options", json.dumps(site.store.options)]
         if kind:
             args += ["--kind", kind]
-        return self._run_site_job(name, args, what=f"listing artifacts at {name}", marker=Marker.ARTIFACTS)["artifacts"]
+        return self.run_site_job(name, args, what=f"listing artifacts at {name}", marker=Marker.ARTIFACTS)["artifacts"]
 
     # --- transfers --------------------------------------------------------------------------
 
@@ -397,12 +397,13 @@ class Center:
             args.append("--verify-existing")
         if opts.max_mbps:
             args += ["--max-mbps", str(opts.max_mbps)]
-        return self._run_site_job(site, args, what=f"{'upload' if upload else 'pull'} of {ref} at {site}")
+        return self.run_site_job(site, args, what=f"{'upload' if upload else 'pull'} of {ref} at {site}")
 
-    def _run_site_job(self, site: str, args: list[str], *, what: str, marker: Marker = Marker.TRANSFER,
-                      timeout_s: float = 3600) -> dict[str, Any]:
-        """Submit a small Ray job at `site` through its gateway and return the JSON it printed on
-        its `marker` line."""
+    def run_site_job(self, site: str, args: list[str], *, what: str, marker: Marker = Marker.TRANSFER,
+                     timeout_s: float = 3600) -> dict[str, Any]:
+        """Submit a Ray job (`args`, run in this checkout's code bundle) at `site` through its gateway,
+        wait for it at most `timeout_s` (then stop it), and return the JSON it printed on its
+        `marker` line (with `job_id`). JobError when it is refused, fails, or prints no such line."""
         code = bundle.publish(self.central)
         client = self.gateway(site).job_client()
         try:
