@@ -25,6 +25,7 @@ from coordinator.cli.context import (
 )
 from coordinator.cli.lines import aliases_text, model_history
 from coordinator.cli.output import follow_task
+from coordinator.cli.retrain import model_retrain
 
 __all__ = ["add_commands", "model"]
 
@@ -148,6 +149,7 @@ def classify(ctx: Context, images: tuple[Path, ...], site: str, as_json: bool) -
 
 
 model.add_command(model_history)
+model.add_command(model_retrain)
 
 
 def add_commands(cli: click.Group) -> None:
