@@ -324,6 +324,11 @@ class ServeUserConfig(_Strict):
             raise ValueError(f"Got {bad} in thresholds. A threshold is a confidence from 0 to 1.")
         return v
 
+    def fingerprint(self) -> str:
+        """A short hash of every field: what a replica reports (`GET /v1/model` "config") so a
+        rollout can see its configuration took effect, the shadow and thresholds included."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+
     @model_validator(mode="after")
     def _sides(self) -> ServeUserConfig:
         if self.max_side < self.min_side:
