@@ -11,9 +11,17 @@ from typing import Any
 
 from coordinator.center.core import Center
 from coordinator.jobs import rollout
+from coordinator.state.db import State
+from coordinator.state.model_lines import ModelLines
 from data.model_format import ModelMetadata
 from data.preprocess import input_spec
 from data.publish import publish_artifact
+
+
+def dashboard_center(state: State, site: Any = lambda name: name) -> SimpleNamespace:
+    """What the dashboard routes use of a Center: its state, `site(name)`, its model lines (the
+    overview shows each site's champion and challenger) and a platform without lines of its own."""
+    return SimpleNamespace(state=state, site=site, lines=ModelLines(state), config=SimpleNamespace(lines=[]))
 
 
 def publish_model(center: Center, tmp: Path, line: str, version: str, **lineage: Any) -> None:

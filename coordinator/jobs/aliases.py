@@ -15,8 +15,8 @@ from configs.errors import InputError
 from coordinator.center.core import Center
 from data.manifests import ArtifactRef
 
-__all__ = ["DEFAULT_BY", "champion", "challenger", "known_lines", "line_of", "on_deployed", "overview",
-           "release_stage", "site_aliases"]
+__all__ = ["DEFAULT_BY", "champion", "challenger", "decorate", "known_lines", "line_of", "on_deployed",
+           "overview", "release_stage", "site_aliases"]
 
 #: Who moved an alias when no caller is known (the coordinator's own loops).
 DEFAULT_BY = "coordinator"
@@ -68,8 +68,9 @@ def known_lines(center: Center) -> list[str]:
 
 
 def release_stage(center: Center, line: str) -> dict[str, Any] | None:
-    """`{"id", "version", "stage", "status"}` of `line`'s active release, or None (also while the
-    releases part is not there)."""
+    """`{"id", "version", "stage", "status", "sites": {site: state}}` of `line`'s active release
+    (state: pending | shadowing | deployed | watching | released | rolled_back), or None (also while
+    the releases part is not there)."""
     try:
         from coordinator.state.releases import Releases
     except ImportError:
@@ -80,22 +81,39 @@ def release_stage(center: Center, line: str) -> dict[str, Any] | None:
         return None
     if not active:
         return None
-    return {k: active.get(k) for k in ("id", "version", "stage", "status")}
+    sites = (active.get("detail") or {}).get("sites") or {}
+    return {**{k: active.get(k) for k in ("id", "version", "stage", "status")},
+            "sites": {name: s.get("state") for name, s in sites.items() if isinstance(s, dict)}}
 
 
 def overview(center: Center) -> dict[str, Any]:
     """What each site's lines stand at: `{"lines": [{"line", "release": stage|None,
     "sites": {site: {alias: version}}}], "sites": {site: [{"line", "champion", "challenger",
-    "stage"}]}}` (a site only lists lines with a champion or challenger there)."""
+    "stage", "status", "site_state"}]}}` (a site lists the lines with a champion or challenger
+    there, or in whose active release it takes part)."""
     out_lines: list[dict[str, Any]] = []
     by_site: dict[str, list[dict[str, Any]]] = {}
     for line in known_lines(center):
         stage = release_stage(center, line)
         aliases = center.lines.aliases(line)
         out_lines.append({"line": line, "release": stage, "sites": aliases})
-        for site, names in aliases.items():
-            if names.get("champion") or names.get("challenger"):
+        in_release = (stage or {}).get("sites") or {}
+        for site in sorted(set(aliases) | set(in_release)):
+            names = aliases.get(site, {})
+            if names.get("champion") or names.get("challenger") or site in in_release:
                 by_site.setdefault(site, []).append({
                     "line": line, "champion": names.get("champion"), "challenger": names.get("challenger"),
-                    "stage": stage["stage"] if stage else None, "status": stage["status"] if stage else None})
+                    "stage": stage["stage"] if stage else None, "status": stage["status"] if stage else None,
+                    "site_state": in_release.get(site)})
     return {"lines": out_lines, "sites": by_site}
+
+
+def decorate(center: Center, body: dict[str, Any]) -> dict[str, Any]:
+    """A monitoring overview (`Monitor.overview()`) with `lines` on each site (`[{"line",
+    "champion", "challenger", "stage", "status"}]`) and at the top (`overview(center)["lines"]`):
+    what the big screen and `adcp top` show of the model lines. Returns `body`."""
+    view = overview(center)
+    for site in body.get("sites") or []:
+        site["lines"] = view["sites"].get(site.get("name"), [])
+    body["lines"] = view["lines"]
+    return body

@@ -5,6 +5,7 @@ not viewer); unknown lines, sites and versions refused."""
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
@@ -148,3 +149,38 @@ def test_deploy_by_a_user_is_recorded_with_its_name(api):
     assert center.lines.moves("adc", "fab-b")[0]["by"] == "eng1"
     rows = rollout.list_models(center)
     assert next(r for r in rows if r["ref"] == "model/adc@1")["aliases"] == {"fab-b": ["champion"]}
+
+
+def test_overview_top_and_the_big_screen_show_each_sites_lines_and_the_release_stage(api):
+    from rich.console import Console
+
+    from coordinator.cli.monitoring import top_table
+    from coordinator.state.releases import Releases
+
+    http, center, _ = api
+    _released(http, center)
+    center.lines.set_alias("adc", "fab-b", "challenger", "2", by="eng", why="retrain")
+    release = Releases(center.state).create("adc", "2", {"canary": ["fab-a"]}, "eng")
+    Releases(center.state).update(release["id"], stage="watch:canary",
+                                  detail={"why": "watching", "sites": {"fab-a": {"state": "watching"}}})
+    body = http.get("/overview").json()
+    per_site = {s["name"]: s["lines"] for s in body["sites"]}
+    assert per_site == {
+        "fab-a": [{"line": "adc", "champion": "2", "challenger": None, "stage": "watch:canary", "status": "running",
+                   "site_state": "watching"}],
+        "fab-b": [{"line": "adc", "champion": "1", "challenger": "2", "stage": "watch:canary", "status": "running",
+                   "site_state": None}]}
+    assert [(entry["line"], entry["release"]["version"]) for entry in body["lines"]] == [("adc", "2")]
+    assert http.get("/models/adc/history").json()["release"]["stage"] == "watch:canary"
+    # the big screen reads the same body behind its session cookie
+    login = http.post("/dashboard/logins").json()["url"]
+    screen = TestClient(http.app)
+    assert screen.get(login.split("testserver", 1)[-1], follow_redirects=False).status_code == 303
+    page_body = screen.get("/dashboard/data/overview").json()
+    assert {s["name"]: s["lines"] for s in page_body["sites"]} == per_site
+    narrow, wide = io.StringIO(), io.StringIO()
+    Console(file=narrow, width=80).print(top_table(body))
+    Console(file=wide, width=200).print(top_table(body, wide=True))
+    assert "model" in narrow.getvalue() and "1→2" in narrow.getvalue()
+    assert max(len(line) for line in narrow.getvalue().splitlines()) <= 80
+    assert "adc@2 (watch:canary · watching)" in wide.getvalue() and "adc@1→2 (watch:canary)" in wide.getvalue()
