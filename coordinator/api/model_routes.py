@@ -30,6 +30,22 @@ class DeployIn(BaseModel):
     replicas: int | None = Field(None, ge=1, le=1000, description="Serve replicas per site (default: serve defaults)")
     timeout_s: float = Field(240, gt=0, le=3600, description="Seconds to wait per site for the new version to answer")
     why: str | None = Field(None, max_length=500, description="Why (recorded with the alias moves; default: deploy)")
+    shadow: str | None = Field(None, description="A challenger NAME@VERSION run beside the model on a share of "
+                               "the images (callers get the model's answers)", examples=["adc@3"])
+    shadow_rate: float = Field(0.1, ge=0, le=1, description="Share of images the shadow also classifies")
+    thresholds: dict[str, float] | None = Field(None, description="Per-class thresholds replacing the model's own")
+    shadow_thresholds: dict[str, float] | None = Field(None, description="Per-class thresholds of the shadow")
+
+    def options(self) -> dict[str, Any]:
+        """The shadow/threshold keywords of rollout.deploy that this body sets (none when it sets none)."""
+        out: dict[str, Any] = {}
+        if self.shadow:
+            out["shadow"] = (rollout.parse_model_ref(self.shadow), self.shadow_rate)
+        if self.thresholds:
+            out["thresholds"] = self.thresholds
+        if self.shadow_thresholds:
+            out["shadow_thresholds"] = self.shadow_thresholds
+        return out
 
 
 class RollbackIn(BaseModel):
@@ -50,6 +66,8 @@ class RolloutRow(BaseModel):
     status: Literal["serving", "failed"]
     deployment_id: str | None = Field(None, description="Its row in GET /deployments")
     error: str | None = None
+    shadow: str | None = Field(None, description="model/NAME@VERSION run beside it as shadow")
+    shadow_error: str | None = Field(None, description="Why the site could not load the shadow (the model serves)")
 
 
 _WAIT = "true: answer when every site serves the model; false: 202 with the task that runs the rollout"
@@ -86,13 +104,14 @@ def add_model_routes(app: FastAPI, center: Center, serve_cfg: ServeConfig | None
         ref = rollout.parse_model_ref(f"{name}@{version}")
         if wait:
             return rollout.deploy(center, ref, body.to, cfg(body.replicas), timeout_s=body.timeout_s,
-                                  by=principal_name(request), why=body.why)
+                                  by=principal_name(request), why=body.why, **body.options())
         ref, names = rollout.check(center, ref, body.to)
         by = principal_name(request)
 
         def work(report: Reporter) -> list[dict[str, Any]]:
             return rollout.deploy(center, ref, names, cfg(body.replicas), timeout_s=body.timeout_s,
-                                  on_event=lambda site, msg: report.event(f"{site}: {msg}"), by=by, why=body.why)
+                                  on_event=lambda site, msg: report.event(f"{site}: {msg}"), by=by, why=body.why,
+                                  **body.options())
 
         response.status_code = 202
         return _tasks(request).start("deploy", f"{ref} -> {','.join(names)}", work, user=principal_name(request),

@@ -25,6 +25,7 @@ from coordinator.cli.context import (
 )
 from coordinator.cli.lines import aliases_text, model_history
 from coordinator.cli.output import follow_task
+from coordinator.cli.release import model_approve
 from coordinator.cli.retrain import model_retrain
 
 __all__ = ["add_commands", "model"]
@@ -87,12 +88,19 @@ def _run(ctx: Context, path: str, body: dict[str, Any], as_json: bool, timeout_s
 @click.argument("model_ref", metavar="NAME@VERSION")
 @click.option("--to", "to", required=True, help="Sites, comma-separated.")
 @_replicas_option
+@click.option("--shadow", "shadow", metavar="NAME@VERSION", default=None,
+              help="A challenger run beside the model on a share of the images; callers get the model's answers.")
+@click.option("--shadow-rate", "shadow_rate", type=click.FloatRange(0, 1), default=None,
+              help="Share of images the shadow also classifies (default 0.1).")
 @timeout_option(240, "Seconds to wait per site for the new version to answer")
 @json_option
 @pass_ctx
-def model_deploy(ctx: Context, model_ref: str, to: str, replicas: int | None, timeout_s: float, as_json: bool) -> None:
+def model_deploy(ctx: Context, model_ref: str, to: str, replicas: int | None, shadow: str | None,
+                 shadow_rate: float | None, timeout_s: float, as_json: bool) -> None:
     """Roll NAME@VERSION (or model/NAME@VERSION) out to sites' Serve apps, all at once; print per
     site the seconds from this command to the new version answering."""
+    if shadow_rate is not None and not shadow:
+        raise click.UsageError("--shadow-rate needs --shadow NAME@VERSION.")
     sites = split_names(to)
     if not sites:
         raise click.UsageError("--to needs at least one site name.")
@@ -105,6 +113,8 @@ def model_deploy(ctx: Context, model_ref: str, to: str, replicas: int | None, ti
         raise InputError(f'"{model_ref}" does not name a model version.', allowed="NAME@VERSION or model/NAME@VERSION",
                          hint="See `adcp model list`.")
     body = {"to": sites, "timeout_s": timeout_s, **({"replicas": replicas} if replicas else {})}
+    if shadow:
+        body.update(shadow=shadow, **({"shadow_rate": shadow_rate} if shadow_rate is not None else {}))
     _run(ctx, f"/models/{name}/{version}/deploy", body, as_json, timeout_s)
 
 
@@ -150,6 +160,7 @@ def classify(ctx: Context, images: tuple[Path, ...], site: str, as_json: bool) -
 
 model.add_command(model_history)
 model.add_command(model_retrain)
+model.add_command(model_approve)
 
 
 def add_commands(cli: click.Group) -> None:
