@@ -322,3 +322,24 @@ def test_a_second_start_for_the_same_line_is_refused_with_409(make):
     assert [r["id"] for r in listed] == [first.json()["id"]]
     assert api.post(f"/api/v1/models/{LINE}/2/approve", headers=auth).status_code == 409  # nothing waits
     assert api.post("/api/v1/releases", headers=auth, json={"line": "nope", "version": "1"}).status_code == 404
+
+
+def test_window_figures_cover_only_the_window_and_judge_needs_min_requests():
+    from coordinator.jobs.release_watch import judge, window_figures
+
+    base = {"requests": 100, "errors": 1, "answers": 100, "reviews": 10, "buckets": {"10.0": 90, "100.0": 100,
+                                                                                     "inf": 100}}
+    cur = {"requests": 150, "errors": 6, "answers": 150, "reviews": 60, "buckets": {"10.0": 90, "100.0": 150,
+                                                                                    "inf": 150}}
+    f = window_figures(base, cur)
+    assert (f["requests"], f["review_share"], f["error_rate"]) == (50, 1.0, 0.1)
+    assert 10.0 < f["latency_p99_ms"] <= 100.0  # the window's requests all took 10-100 ms
+    restarted = window_figures(base, {**cur, "requests": 20, "answers": 20, "reviews": 2, "errors": 0})
+    assert (restarted["requests"], restarted["review_share"]) == (20, 0.1)  # counters reset: all of them count
+    limits = {"max_review_share": 0.5, "max_error_rate": 0.05, "max_p99_ms": 1000, "max_escape_rate": 0.005,
+              "min_requests": 20}
+    assert [c["figure"] for c in judge(f, limits)] == ["review_share", "error_rate"]
+    assert judge({**f, "requests": 19}, limits) == []
+    assert judge({"requests": 50, "escape_rate": 0.5, "audited_false_defect": 19}, limits) == []
+    escaping = judge({"requests": 50, "escape_rate": 0.05, "audited_false_defect": 20}, limits)
+    assert [c["figure"] for c in escaping] == ["escape_rate"]
