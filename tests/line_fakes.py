@@ -45,7 +45,7 @@ def fake_site_legs(monkeypatch, center: Center, failing: set[str] | None = None)
     failing = failing if failing is not None else set()
     real_manifest = center.central.manifest
 
-    def leg(center_, site, ref, model_id, code_ref, code_entry, serve_cfg, *, started, timeout_s, on_event):
+    def leg(center_, site, ref, model_id, code_ref, code_entry, serve_cfg, *, started, timeout_s, on_event, **_):
         legs.append((site, str(ref)))
         current = rollout._current(center_, site)
         previous = current["model"] if current else None
