@@ -167,7 +167,8 @@ def test_a_retrain_finetunes_on_base_plus_reviewed_and_makes_the_challenger(worl
     assert req.init_model == "model/adc-aoi@1" and req.options == {"width": 8, "image_size": 48}
     assert [e.model_dump() for e in req.extra] == [{"dataset": dataset, "annotations": annotations}]
 
-    with pytest.raises(ConflictError, match=f"already retraining: retrain {started['id']}, job {started['job_id']}") as e:
+    busy = f"already retraining: retrain {started['id']}, job {started['job_id']}"
+    with pytest.raises(ConflictError, match=busy) as e:
         retrainer.retrain("adc-aoi", by="other", now=True)
     assert e.value.http_status == 409 and len(trainer.requests) == 1
     assert retrainer.due("adc-aoi")["running"] == started["id"]
