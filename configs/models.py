@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
+    "GateJobConfig",
     "LocalSiteConfig",
     "ServeConfig",
     "ServeUserConfig",
@@ -168,6 +169,21 @@ class TrainConfig(TrainingJobConfig):
         "artifact's manifest URL (<store>/artifacts/checkpoint/<name>/<epoch>.json) or a checkpoint "
         "folder URL. Training continues after its epoch with its model and optimizer state.",
     )
+    init_model: str | None = Field(
+        None,
+        description="An exported model to fine-tune from (a model folder or a model artifact's manifest URL): "
+        "its weights start the run when its classes and width are this run's, else the run trains from "
+        "scratch and says why. A checkpoint (the run's own, or init_checkpoint) goes before it.",
+    )
+    extra_dataset: list[str] = Field(
+        default_factory=list,
+        description="More datasets to train on (URLs, e.g. a line's reviewed images), each paired with the "
+        "extra_annotations URL at the same position whose labels it trains with. Each image's own split "
+        "decides train/val/test; the model's classes are the union of the labels present.",
+    )
+    extra_annotations: list[str] = Field(
+        default_factory=list, description="Annotations URL for each extra_dataset, in the same order."
+    )
 
     @field_validator("checkpoint_name")
     @classmethod
@@ -178,6 +194,19 @@ class TrainConfig(TrainingJobConfig):
                 "starting with a letter or digit."
             )
         return v
+
+    @model_validator(mode="after")
+    def _extra_pairs(self) -> TrainConfig:
+        if len(self.extra_dataset) != len(self.extra_annotations):
+            raise ValueError(
+                "extra_dataset and extra_annotations go in pairs. Found: "
+                f"{len(self.extra_dataset)} extra_dataset, {len(self.extra_annotations)} extra_annotations"
+            )
+        return self
+
+    def extra(self) -> list[tuple[str, str]]:
+        """The extra (dataset URL, annotations URL) pairs."""
+        return list(zip(self.extra_dataset, self.extra_annotations))
 
     def checkpoint_artifact_name(self, model_name: str) -> str:
         """The artifact name of this run's checkpoints, given the model's resolved name."""
@@ -272,6 +301,33 @@ class ServeUserConfig(_Strict):
         0.02, ge=0, le=1, description="Share of automatic (defect / false_defect) decisions also queued "
         "for a human verdict (why=audit), to measure escapes and overkill in production."
     )
+    thresholds: dict[str, float] | None = Field(
+        None, description="Per-class confidence thresholds that replace the model's own for the "
+        "classes named (e.g. the gate's recalibrated ones); other classes keep the model's."
+    )
+    shadow_model_uri: str | None = Field(
+        None, description="fsspec URL of a challenger model run beside the champion on a share of "
+        "the images, off the caller's path; callers always get the champion's answer."
+    )
+    shadow_rate: float = Field(
+        0.0, ge=0, le=1, description="Share of images also classified by the shadow model (0: none)."
+    )
+    shadow_thresholds: dict[str, float] | None = Field(
+        None, description="Thresholds that replace the shadow model's own for the classes named."
+    )
+
+    @field_validator("thresholds", "shadow_thresholds")
+    @classmethod
+    def _thresholds(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        bad = {k: t for k, t in (v or {}).items() if not 0.0 <= t <= 1.0}
+        if bad:
+            raise ValueError(f"Got {bad} in thresholds. A threshold is a confidence from 0 to 1.")
+        return v
+
+    def fingerprint(self) -> str:
+        """A short hash of every field: what a replica reports (`GET /v1/model` "config") so a
+        rollout can see its configuration took effect, the shadow and thresholds included."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
 
     @model_validator(mode="after")
     def _sides(self) -> ServeUserConfig:
@@ -324,3 +380,28 @@ class LocalSiteConfig(_Strict):
     @classmethod
     def _name(cls, v: str) -> str:
         return check_site_name(v)
+
+
+class GateJobConfig(_Strict):
+    """Options of `python -m train_jobs.gate`: score a challenger (and the champion it would replace)
+    on the same held-out data and write the pass/fail report; the coordinator builds the job's
+    arguments from this (`configs.protocol.entrypoint(cfg, GATE_MODULE)`)."""
+
+    challenger: str = Field(..., description="fsspec URL of the challenger model (a model folder or a model "
+                            "artifact's manifest URL).")
+    champion: str | None = Field(None, description="fsspec URL of the champion model it would replace; without "
+                                 "one only the limits apply.")
+    golden: str = Field(..., description="fsspec URL of the golden dataset (held out, never trained on).")
+    recent_dataset: str | None = Field(None, description="fsspec URL of the recent reviewed images; their "
+                                       "held-out slice (images never trained on) joins the golden set.")
+    recent_annotations: str | None = Field(None, description="Annotations URL with the verdict labels of "
+                                           "recent_dataset (default: the dataset's own labels).")
+    limits: dict[str, Any] = Field(default_factory=dict, description="The line's gate limits "
+                                   "(configs.lines.GateLimits as a JSON object, checked by the job; missing keys "
+                                   "take its defaults).")
+    output: str = Field(..., description="fsspec URL of a folder: the report is written there as gate.json.")
+    target_precision: float | None = Field(None, gt=0.5, le=1.0, description="Precision the challenger's "
+                                           "thresholds are recalibrated for; default: what it was trained with, "
+                                           "else the limits' min_auto_precision.")
+    batch_size: int = Field(256, ge=1, le=4096, description="Images per inference batch.")
+    threads: int = Field(1, ge=1, le=256, description="torch intra-op threads.")

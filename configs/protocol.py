@@ -5,9 +5,10 @@ job's own argparse) and the machine-readable lines the job prints.
 A marker line is `<MARKER> <one JSON object>` on a line of its own: `ADCP_TRANSFER` (the
 TransferResult of `python -m data.transfer`), `ADCP_ARTIFACTS` (`data.transfer list`),
 `ADCP_CHECKPOINT` (one per checkpoint a training run published), `ADCP_WARNING` (a degraded run:
-GPUs declared but absent, a checkpoint not published), `ADCP_MODEL` (the exported model) and
-`ADCP_TUNE` (a search's best trial). Training runs also print one human-readable epoch line per
-epoch (`epoch 3/12 loss=0.1234 acc=... val_acc=... (1.2s)`), which followers count.
+GPUs declared but absent, a checkpoint not published), `ADCP_MODEL` (the exported model),
+`ADCP_TUNE` (a search's best trial) and `ADCP_GATE` (a gate's report, `python -m train_jobs.gate`).
+Training runs also print one human-readable epoch line per epoch
+(`epoch 3/12 loss=0.1234 acc=... val_acc=... (1.2s)`), which followers count.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from typing import Any
 
 from pydantic import BaseModel
 
-__all__ = ["TRAIN_MODULE", "TUNE_MODULE", "EpochLine", "Marker", "arguments", "entrypoint", "epoch_lines",
-           "find_line", "format_epoch", "format_line", "marker_lines", "parse_line"]
+__all__ = ["GATE_MODULE", "TRAIN_MODULE", "TUNE_MODULE", "EpochLine", "Marker", "arguments", "entrypoint",
+           "epoch_lines", "find_line", "format_epoch", "format_line", "marker_lines", "parse_line"]
 
 TRAIN_MODULE = "train_jobs.train"
 TUNE_MODULE = "train_jobs.tune"
+GATE_MODULE = "train_jobs.gate"
 
 
 class Marker(str, Enum):
@@ -34,6 +36,7 @@ class Marker(str, Enum):
     WARNING = "ADCP_WARNING"
     MODEL = "ADCP_MODEL"
     TUNE = "ADCP_TUNE"
+    GATE = "ADCP_GATE"
 
 
 # --- marker lines -----------------------------------------------------------------------------

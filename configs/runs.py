@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["ACTIVE", "TERMINAL", "Attempt", "AttemptState", "Job", "JobOutcome", "JobSpec", "JobState",
+__all__ = ["ACTIVE", "TERMINAL", "Attempt", "AttemptState", "ExtraData", "Job", "JobOutcome", "JobSpec", "JobState",
            "Need", "PlanRecord", "RunRequest", "Shipment", "SiteCapacity"]
 
 
@@ -24,6 +24,21 @@ class _Strict(BaseModel):
 
 
 # --- what is asked ----------------------------------------------------------------------------
+
+class ExtraData(_Strict):
+    """More labelled images for a training run: a dataset and the annotations it trains with
+    (e.g. a line's reviewed images, `reviewed-<dataset>`, with their verdict labels)."""
+
+    dataset: str = Field(..., min_length=1, description="NAME[@VERSION] of a dataset in the central store.")
+    annotations: str = Field(..., min_length=1, description="NAME[@VERSION] of its annotations in the central store.")
+
+    @field_validator("dataset", "annotations")
+    @classmethod
+    def _no_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError(f'Got "{v}": a blank value. Give NAME or NAME@VERSION.')
+        return v.strip()
+
 
 class RunRequest(_Strict):
     """One training or tuning run for a site (`adcp train --for` / `adcp tune --for`)."""
@@ -45,8 +60,12 @@ class RunRequest(_Strict):
     kind: Literal["train", "tune"] = Field("train", description="train: one run; tune: a Ray Tune search.")
     trials: int | None = Field(None, ge=1, le=1000, description="tune: configurations to try.")
     options: dict[str, Any] = Field(default_factory=dict, description="Other TrainConfig/TuneConfig fields.")
+    init_model: str | None = Field(None, description="train: model/NAME@VERSION or NAME@VERSION in the central "
+                                   "store to fine-tune from (used when its classes and width are the run's).")
+    extra: list[ExtraData] = Field(default_factory=list, description="train: more datasets with their annotations "
+                                   "added to the training data (e.g. reviewed images with their verdicts).")
 
-    @field_validator("origin", "dataset", "annotations", "on", "model_name", "model_version")
+    @field_validator("origin", "dataset", "annotations", "on", "model_name", "model_version", "init_model")
     @classmethod
     def _no_blank(cls, v: str | None) -> str | None:
         if v is not None and not v.strip():
@@ -64,6 +83,9 @@ class RunRequest(_Strict):
     def _fits_kind(self) -> RunRequest:
         if self.kind == "train" and self.trials is not None:
             raise ValueError(f"trials is for kind=tune only. Found: kind=train, trials={self.trials}")
+        if self.kind == "tune" and (self.init_model is not None or self.extra):
+            raise ValueError("init_model and extra are for kind=train only. "
+                             f"Found: kind=tune, init_model={self.init_model}, extra={len(self.extra)} datasets")
         if self.kind == "tune" and (self.batch_size is not None or self.lr is not None):
             raise ValueError("batch_size and lr are searched by kind=tune; give them only with kind=train. "
                              f"Found: batch_size={self.batch_size}, lr={self.lr}")

@@ -2,7 +2,7 @@
 
     python -m coordinator.server --home H [--platform FILE] --host 127.0.0.1 --port P
 
-It opens the state DB, starts the platform's local sites (embedded default), picks up jobs a
+It opens the state DB, starts the platform's local sites (embedded default), picks up jobs and releases a
 previous coordinator left running, and serves `coordinator.api` with uvicorn. `adcp up`
 (`coordinator.process`) starts it in the background and `adcp down` stops it by pid.
 """
@@ -31,8 +31,11 @@ def main(argv: list[str] | None = None) -> None:
     from coordinator.center.core import Center
     from coordinator.center.local_sites import LocalSites
     from coordinator.jobs import rollout
+    from coordinator.jobs.release import Releaser
+    from coordinator.jobs.retrain import Retrainer
     from coordinator.jobs.runner import Trainer
     from coordinator.jobs.tasks import TaskRunner
+    from coordinator.monitoring.monitor import Monitor
     from coordinator.process import read_token
 
     center = Center.open(args.home, args.platform)
@@ -48,7 +51,18 @@ def main(argv: list[str] | None = None) -> None:
     picked_up = trainer.resume_active()
     if picked_up:
         print(f"following jobs left running: {', '.join(picked_up)}", flush=True)
-    app = create_app(center, read_token(args.home), trainer, tasks=TaskRunner(), local_sites=local)
+    monitor = Monitor(center)
+    releaser = Releaser(center, monitor, serve_cfg=defaults.serve)  # staged releases of the model lines
+    resumed = releaser.resume()
+    if resumed:
+        print(f"continuing releases left running: {', '.join(resumed)}", flush=True)
+    # each line's retrain trigger (every $ADCP_RETRAIN_CHECK_S s, 60 by default; 0: off); a new
+    # challenger goes on to its staged release
+    retrainer = Retrainer(center, trainer, on_challenger=lambda line, version: releaser.start(line, version, "retrain"))
+    retrainer.resume()
+    retrainer.start_loop()
+    app = create_app(center, read_token(args.home), trainer, monitor, tasks=TaskRunner(), local_sites=local,
+                     releaser=releaser, retrainer=retrainer)
     sync_s = float(os.environ.get("ADCP_REVIEW_SYNC_S", "60"))  # verdicts pulled from every site; 0: off
     if sync_s > 0:
         from coordinator.jobs.review_sync import start_loop

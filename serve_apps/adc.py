@@ -4,6 +4,8 @@ One deployment with a FastAPI ingress. Requests are decoded and preprocessed per
 share forward passes through one `@serve.batch` method (single images and the chunks of batch
 requests alike). `user_config` (`configs.models.ServeUserConfig`) names the model; changing
 `model_uri` loads the new model fully, then swaps one reference, so no request fails.
+`shadow_model_uri` / `shadow_rate` run a challenger beside it off the request path
+(serve_apps.shadow): callers always get the champion's answer.
 
 With `ADCP_REVIEW_DB_URL` and `ADCP_SITE_STORE` in the replica's environment (the site's Serve
 config sets them), every `review` decision and an `audit_rate` share of automatic ones are
@@ -38,6 +40,7 @@ from serve_apps.api import build_api
 from serve_apps.classifier import AdcService, LoadedModel, torch_threads
 from serve_apps.metrics import AppMetrics, RecorderMetrics
 from serve_apps.recorder import from_env as recorder_from_env
+from serve_apps.shadow import ShadowRunner
 
 __all__ = [
     "ADCDeployment",
@@ -69,7 +72,7 @@ def _forward_jobs(jobs: list[_Job]) -> list[np.ndarray]:
     out: list[np.ndarray | None] = [None] * len(jobs)
     groups: dict[int, list[int]] = {}
     for i, job in enumerate(jobs):
-        groups.setdefault(id(job.model), []).append(i)
+        groups.setdefault(id(job.model.module), []).append(i)  # thresholds aside, the same program
     for idx in groups.values():
         model = jobs[idx[0]].model
         x = jobs[idx[0]].x if len(idx) == 1 else np.concatenate([jobs[i].x for i in idx])
@@ -103,14 +106,19 @@ class ADCDeployment:
         self.metrics = AppMetrics()  # on the site's Ray metrics endpoint (serve_apps.metrics)
         # Recording for review: on when the site's env names a review DB and a store.
         self.recorder = recorder_from_env(ServeUserConfig().audit_rate, RecorderMetrics())
+        # The challenger beside the champion (user_config.shadow_*); its answers go to the recorder.
+        self.shadow = ShadowRunner(self.recorder, device=device)
         logger.info("ADC replica: %s, %s torch threads (assigned %s), review recording %s", device, threads,
                     assigned, "on" if self.recorder else "off")
 
     def __serve_build_asgi_app__(self):
-        return build_api(self.service, self.metrics, self.recorder)
+        return build_api(self.service, self.metrics, self.recorder, self.shadow)
 
     def __del__(self) -> None:
         # Serve calls this when it stops the replica: write what is still queued.
+        shadow = getattr(self, "shadow", None)
+        if shadow is not None:
+            shadow.close(timeout=5.0)
         recorder = getattr(self, "recorder", None)
         if recorder is not None:
             recorder.close(timeout=5.0)
@@ -128,6 +136,8 @@ class ADCDeployment:
         old = self.service.model
         await asyncio.to_thread(self.service.reconfigure, user_config)
         cfg = self.service.config  # the configuration in effect
+        # Then the shadow (never raises: a broken challenger leaves the champion as it is).
+        await asyncio.to_thread(self.shadow.configure, cfg, self.service.model)
         self._batched.set_max_batch_size(cfg.max_batch_size)
         self._batched.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
         self._max_batch_size = cfg.max_batch_size

@@ -34,9 +34,10 @@ from configs.errors import (
 )
 from configs.models import ServeUserConfig
 from serve_apps import oip
-from serve_apps.classifier import AdcService, check_count, check_encoded, decode_base64
+from serve_apps.classifier import AdcService, answers, check_count, check_encoded, decode_base64
 from serve_apps.metrics import AppMetrics
 from serve_apps.recorder import Recorder, RequestMeta, dataset_line
+from serve_apps.shadow import ShadowRunner
 
 __all__ = [
     "META_FIELDS",
@@ -182,11 +183,14 @@ def _json_images(
 
 
 def build_api(
-    service: AdcService, metrics: AppMetrics | None = None, recorder: Recorder | None = None
+    service: AdcService, metrics: AppMetrics | None = None, recorder: Recorder | None = None,
+    shadow: ShadowRunner | None = None,
 ) -> FastAPI:
     """A FastAPI app serving `service` (one app per replica); `metrics` (the replica's) counts
     requests, images, decisions and latency; `recorder` (when recording is on) is handed each
-    answered request's images, answers and metadata, off the request path."""
+    answered request's images, answers and metadata, off the request path; `shadow` is offered
+    each answered request too (its model classifies a share of the images, off the request path:
+    the caller's answer is always the champion's)."""
     api = FastAPI(
         title="ADC inference",
         description="Automatic defect classification of AOI images.",
@@ -198,14 +202,20 @@ def build_api(
     async def classify_counted(request: Request, images: list[Any], ids: list[Any] | None = None,
                                metas: list[RequestMeta] | RequestMeta | None = None):
         request.state.images = len(images)
-        result = await service.classify(images, ids)
+        prep = service.prepare(images, ids)
+        probs = await service.probabilities(prep)
+        model = prep.model
+        result = (model, probs, answers(probs, model.meta, prep.ids))
         if metrics is not None:
             metrics.answers(result[2])
-        if recorder is not None:
-            model = result[0]
-            recorder.submit(images, result[2], metas if metas is not None else _header_meta(request),
-                            model_version=model.model_id, classes=model.meta.classes,
-                            dataset=dataset_line(model.meta.lineage), audit_rate=service.config.audit_rate)
+        if recorder is not None or shadow is not None:
+            metas = metas if metas is not None else _header_meta(request)
+            dataset = dataset_line(model.meta.lineage)
+            if recorder is not None:
+                recorder.submit(images, result[2], metas, model_version=model.model_id, classes=model.meta.classes,
+                                dataset=dataset, audit_rate=service.config.audit_rate)
+            if shadow is not None:
+                shadow.offer(prep, images, result[2], metas, dataset=dataset)
         return result
 
     @api.exception_handler(AdcpError)
@@ -235,8 +245,11 @@ def build_api(
     @api.get("/v1/model")
     async def model_info() -> JSONResponse:
         body = service.require_model().describe()
+        body["config"] = service.config.fingerprint()
         if service.reconfigure_error:
             body["reconfigure_error"] = service.reconfigure_error
+        if shadow is not None:
+            body["shadow"] = shadow.status()
         return JSONResponse(body)
 
     @api.post("/v1/classify")

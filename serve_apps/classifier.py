@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import fsspec
@@ -69,10 +69,22 @@ class LoadedModel:
     meta: ModelMetadata
     module: torch.nn.Module
     device: str = "cpu"
+    #: The model file's own thresholds when `meta.thresholds` holds an override (else None).
+    own_thresholds: dict[str, float] | None = None
 
     @property
     def model_id(self) -> str:
         return self.meta.model_id
+
+    def with_thresholds(self, thresholds: dict[str, float] | None) -> LoadedModel:
+        """This model deciding with `thresholds` in place of its own for the classes named
+        (None: its own); the same program, so nothing is loaded again."""
+        own = self.own_thresholds if self.own_thresholds is not None else self.meta.thresholds
+        wanted = {**own, **thresholds} if thresholds else own
+        if wanted == self.meta.thresholds and (thresholds is None) == (self.own_thresholds is None):
+            return self
+        meta = self.meta.model_copy(update={"thresholds": wanted})
+        return replace(self, meta=meta, own_thresholds=dict(own) if thresholds else None)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities (N, C) float32 for a float32 NCHW batch."""
@@ -93,6 +105,7 @@ class LoadedModel:
             "classes": m.classes,
             "no_defect_classes": m.no_defect_classes,
             "thresholds": m.thresholds,
+            "model_thresholds": self.own_thresholds if self.own_thresholds is not None else m.thresholds,
             "input": m.input.model_dump(),
             "metrics": m.metrics,
             "lineage": m.lineage,
@@ -375,9 +388,9 @@ class AdcService:
                 if cfg.model_uri is None:
                     new = None
                 elif current is not None and current.uri == cfg.model_uri:
-                    new = current
+                    new = current.with_thresholds(cfg.thresholds)
                 else:
-                    new = load_model(cfg.model_uri, self.device)
+                    new = load_model(cfg.model_uri, self.device).with_thresholds(cfg.thresholds)
             except Exception as e:  # any failure (a store's own errors too) must keep serving
                 if current is None:
                     raise

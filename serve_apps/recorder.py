@@ -8,6 +8,10 @@ full. One daemon thread writes, in batches: each image into the site store, cont
 present), then the rows and the decision counts in one `ReviewDB.record` transaction.
 Failures are counted (`errors`), never raised. `flush(timeout)` waits until everything submitted
 so far is written (tests, shutdown).
+
+`Recorder.shadow` takes what a shadow (challenger) model said beside the champion on the same
+images (serve_apps.shadow): each becomes a `shadow_results` row, and an image where the two differ
+(class or decision) is queued for review with why="shadow_disagree" and priority 1.
 """
 
 from __future__ import annotations
@@ -33,9 +37,10 @@ from PIL import Image
 
 from data.artifacts import ArtifactStore
 from serve_apps.review_db import QueuedItem, ReviewDB
+from serve_apps.review_shadow import ShadowResult
 
-__all__ = ["ENV_DB_URL", "ENV_SITE", "ENV_STORE", "ENV_STORE_OPTIONS", "Counters", "Recorder", "RequestMeta",
-           "dataset_line", "from_env", "object_key"]
+__all__ = ["ENV_DB_URL", "ENV_SITE", "ENV_STORE", "ENV_STORE_OPTIONS", "SHADOW_DISAGREE", "Counters", "Recorder",
+           "RequestMeta", "dataset_line", "from_env", "object_key"]
 
 logger = logging.getLogger("ray.serve")
 
@@ -53,6 +58,9 @@ INTERVAL_S = 0.5
 #: How long the writer lets a batch fill after its first item: one DB transaction per ~0.1 s
 #: instead of one per request (each costs the replica's event loop GIL time).
 LINGER_S = 0.1
+#: Why and priority of an image the champion and its shadow answered differently.
+SHADOW_DISAGREE = "shadow_disagree"
+SHADOW_PRIORITY = 1
 _WAKE = object()
 
 
@@ -89,6 +97,19 @@ class _Pending:
     classes: list[str]
     dataset: str
     why: str
+    at: datetime
+
+
+@dataclass
+class _ShadowPending:
+    image: bytes | np.ndarray
+    champion: Mapping[str, Any]
+    challenger: Mapping[str, Any]
+    meta: RequestMeta
+    champion_version: str
+    challenger_version: str
+    classes: list[str]
+    dataset: str
     at: datetime
 
 
@@ -188,6 +209,30 @@ class Recorder:
                 dropped += 1
         self.counters.dropped(dropped)
 
+    def shadow(self, images: Sequence[bytes | Any], champion: Sequence[Mapping[str, Any]],
+               challenger: Sequence[Mapping[str, Any]], metas: Sequence[RequestMeta] | RequestMeta | None = None, *,
+               champion_version: str, challenger_version: str, classes: Sequence[str] = (),
+               dataset: str = "") -> None:
+        """Queue what the champion and the shadow model answered on these images (a row each, and
+        the disagreements for review); never blocks, never raises, drops (counted) when full."""
+        try:
+            if metas is None or isinstance(metas, RequestMeta):
+                metas = [metas or RequestMeta()] * len(champion)
+            at = datetime.now(timezone.utc)
+            dropped = 0
+            for image, a, b, meta in zip(images, champion, challenger, metas):
+                if isinstance(image, (bytearray, memoryview)):
+                    image = bytes(image)
+                try:
+                    self._queue.put_nowait(_ShadowPending(image, a, b, meta, champion_version, challenger_version,
+                                                          list(classes), dataset, at))
+                except queue.Full:
+                    dropped += 1
+            self.counters.dropped(dropped)
+        except Exception:  # noqa: BLE001 - recording must never fail a classification
+            logger.exception("review recorder: shadow submit failed")
+            self.counters.errors(len(champion))
+
     # ---- the writer thread -----------------------------------------------------------------
     def _take(self) -> list[_Pending]:
         items: list[_Pending] = []
@@ -236,16 +281,21 @@ class Recorder:
     def _write(self, items: list[_Pending]) -> None:
         with self._lock:
             counts, self._counts = self._counts, {}
-        rows = []
+        rows: list[QueuedItem] = []
+        shadow: list[ShadowResult] = []
         for item in items:
             try:
-                rows.append(self._store_image(item))
+                if isinstance(item, _ShadowPending):
+                    self._shadow_row(item, rows, shadow)
+                else:
+                    rows.append(self._store_image(item))
             except Exception:  # noqa: BLE001 - one bad write loses one item, counted
                 logger.exception("review recorder: storing an image failed")
                 self.counters.errors(1)
         try:
-            if rows or counts:
-                self._database().record(rows, counts)  # one transaction
+            if rows or counts or shadow:
+                db = self._database()  # one transaction
+                db.record(rows, counts, shadow) if shadow else db.record(rows, counts)
         except Exception:  # noqa: BLE001 - counted; the counts are kept for the next try
             logger.exception("review recorder: writing %d items to the review DB failed", len(rows))
             self.counters.errors(len(rows) or 1)
@@ -253,7 +303,23 @@ class Recorder:
                 for key, n in counts.items():
                     self._counts[key] = self._counts.get(key, 0) + n
             return
-        self.counters.recorded(len(rows))
+        self.counters.recorded(len(rows) + len(shadow))
+
+    def _shadow_row(self, item: _ShadowPending, rows: list[QueuedItem], shadow: list[ShadowResult]) -> None:
+        if not isinstance(item.image, bytes):
+            item.image = _png(item.image)
+        a, b = item.champion, item.challenger
+        result = ShadowResult(
+            id=uuid.uuid4().hex, image_sha256=hashlib.sha256(item.image).hexdigest(), site=self.site,
+            product=item.meta.product, champion_version=item.champion_version, champion_class=str(a.get("class")),
+            champion_decision=str(a.get("decision")), challenger_version=item.challenger_version,
+            challenger_class=str(b.get("class")), challenger_decision=str(b.get("decision")), at=item.at)
+        if result.disagree:  # the champion's answer goes to the reviewer, as for any queued image
+            queued = self._store_image(_Pending(item.image, a, item.meta, item.champion_version, item.classes,
+                                                item.dataset, SHADOW_DISAGREE, item.at))
+            queued.priority = SHADOW_PRIORITY
+            rows.append(queued)
+        shadow.append(result)
 
     def _store_image(self, item: _Pending) -> QueuedItem:
         if not isinstance(item.image, bytes):

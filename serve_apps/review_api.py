@@ -8,7 +8,7 @@ relative links only, so it also works behind the site gateway's longer prefixes 
 
 Routes (see the README's review station section): the page (`/`, `/static/...`), `/healthz`,
 reviewer routes under `/api` (login, me, claim, images, verdict, undo, second-opinion, release,
-queue, annotations) and the center's routes (items, verdicts, stats, annotations load, disabled).
+queue, annotations) and the center's routes (items, verdicts, stats, shadow, annotations load, disabled).
 """
 
 from __future__ import annotations
@@ -315,6 +315,13 @@ def build_review_api(db: Any, *, site: str, public_key_pem: str, center_url: str
     def stats(who: StationClaims = Depends(center)) -> dict[str, Any]:
         """Production quality counts per (product, model version) at this site."""
         return {"site": site, "rows": db.stats()}
+
+    @api.get("/api/shadow", tags=["center"])
+    def shadow(model_version: str = Query(..., min_length=1, description="the challenger (shadow) model version"),
+               who: StationClaims = Depends(center)) -> dict[str, Any]:
+        """How a shadow model did beside the champion here: agreement, and both models' escapes and
+        overkill against the verdicts on the shadowed images (ReviewDB.shadow_stats)."""
+        return {"site": site, **db.shadow_stats(model_version)}
 
     @api.post("/api/annotations", tags=["center"])
     def load_annotations(body: AnnotationsIn, who: StationClaims = Depends(center)) -> dict[str, int]:

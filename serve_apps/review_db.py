@@ -22,6 +22,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
 from configs.errors import ConfigError, ConflictError, InputError, NotFoundError
+from serve_apps.review_shadow import ShadowQueries, ShadowResult
 from serve_apps.review_tables import (
     SCHEMA_VERSION,
     decision_counts,
@@ -31,6 +32,7 @@ from serve_apps.review_tables import (
     review_items,
     site_annotations,
     station_state,
+    upgrade,
     verdict_events,
 )
 
@@ -69,6 +71,7 @@ class QueuedItem:
     why: str
     created_at: datetime
     classes: list[str] = field(default_factory=list)  # the model's classes (the verdict labels)
+    priority: int = 0  # claims take higher first (shadow disagreements: 1)
 
 
 _ITEM_FIELDS = tuple(f.name for f in fields(QueuedItem))
@@ -86,8 +89,9 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
 
-class ReviewDB:
-    """The site's review queue, verdict events, decision counts, annotations and station state."""
+class ReviewDB(ShadowQueries):
+    """The site's review queue, verdict events, decision counts, annotations, station state and
+    shadow results (serve_apps.review_shadow)."""
 
     def __init__(self, url: str, *, lease_s: float = 300.0) -> None:
         self.url = url
@@ -107,6 +111,9 @@ class ReviewDB:
                     raise
         found = self.get_state("schema_version")
         if found is None:
+            self.set_state("schema_version", str(SCHEMA_VERSION))
+        elif int(found) < SCHEMA_VERSION:
+            upgrade(self._engine, int(found))
             self.set_state("schema_version", str(SCHEMA_VERSION))
         elif int(found) > SCHEMA_VERSION:
             raise ConfigError(f"review DB {self.url!r} has schema version {found}, newer than this code's",
@@ -157,7 +164,7 @@ class ReviewDB:
                                  "panel_id", "model_version", "dataset", "predicted", "confidence",
                                  "top3", "decision", "why")}
         out.update(created_at=_iso(m["created_at"]), state=state, second_opinion=bool(m["second_opinion"]),
-                   classes=list(m["classes"]))
+                   classes=list(m["classes"]), priority=int(m["priority"] or 0))
         return out
 
     @staticmethod
@@ -174,8 +181,11 @@ class ReviewDB:
         return list(dict.fromkeys([*classes, *SPECIAL_LABELS]))
 
     # ---- the recorder's side -------------------------------------------------------------
-    def record(self, items: list[QueuedItem], counts: dict[tuple[str, str, str, str], int] | None = None) -> None:
-        """Queue these decisions for review, and add `counts` (as count_decisions), in one transaction."""
+    def record(self, items: list[QueuedItem], counts: dict[tuple[str, str, str, str], int] | None = None,
+               shadow: list[ShadowResult] | None = None) -> None:
+        """Queue these decisions for review, add `counts` (as count_decisions) and store `shadow`
+        results, in one transaction. An item with a priority whose image already waits for a
+        verdict raises that item's priority instead of queueing the image twice."""
         rows = []
         for it in items:
             if it.decision not in DECISIONS:
@@ -185,14 +195,29 @@ class ReviewDB:
             rows.append(row)
         counted = [{"site": s, "product": p, "model_version": m, "decision": d, "n": int(n)}
                    for (s, p, m, d), n in (counts or {}).items() if n]
-        if not rows and not counted:
+        if not rows and not counted and not shadow:
             return
         with self._engine.begin() as c:
-            for i in range(0, len(rows), MAX_BATCH):
-                c.execute(insert(review_items), rows[i:i + MAX_BATCH])
+            self._insert_shadow(c, shadow or [])
+            plain = [r for r in rows if not r["priority"]]
+            for i in range(0, len(plain), MAX_BATCH):
+                c.execute(insert(review_items), plain[i:i + MAX_BATCH])
+            for r in rows:  # after the plain ones: they may hold the same image
+                if r["priority"] and not self._raise_priority(c, r):
+                    c.execute(insert(review_items), [r])
             if counted:
                 c.execute(self._upsert(decision_counts, ["site", "product", "model_version", "decision"],
                                        {"n": lambda ex: decision_counts.c.n + ex.n}), counted)
+
+    @staticmethod
+    def _raise_priority(c: Connection, row: dict) -> bool:
+        """Raise the priority of an unjudged item of the same image; False when there is none."""
+        done = c.execute(update(review_items).where(I.image_sha256 == row["image_sha256"], I.state != "done",
+                                                    I.priority < row["priority"])
+                         .values(priority=row["priority"]))
+        waiting = c.execute(select(I.id).where(I.image_sha256 == row["image_sha256"], I.state != "done")
+                            .limit(1)).first()
+        return bool(done.rowcount) or waiting is not None
 
     def count_decisions(self, counts: dict[tuple[str, str, str, str], int]) -> None:
         """Add n to each (site, product, model_version, decision) count."""
@@ -201,7 +226,7 @@ class ReviewDB:
     # ---- the reviewer's side --------------------------------------------------------------
     def claim(self, reviewer: str, n: int, *, lease_s: float, product: str | None = None,
               include_held: bool = False, now: datetime | None = None) -> tuple[str, datetime, list[dict]]:
-        """Lease up to n queued items (oldest first) to reviewer: (lease_id, lease_until, items).
+        """Lease up to n queued items (higher priority first, then oldest) to reviewer: (lease_id, lease_until, items).
 
         Atomic: no item is ever leased to two reviewers; an expired lease counts as free; an item
         the reviewer already gave a verdict is never given back to them (second opinions). The
@@ -226,7 +251,7 @@ class ReviewDB:
             new: list[str] = []
             if n:
                 q = (select(I.id).where(self._free(now), ~self._judged_by(reviewer))
-                     .order_by(I.created_at, I.id).limit(n))
+                     .order_by(I.priority.desc(), I.created_at, I.id).limit(n))
                 if product is not None:
                     q = q.where(I.product == product)
                 if self._pg:

@@ -25,9 +25,11 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    inspect,
+    text,
 )
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import TypeDecorator
 
@@ -41,13 +43,16 @@ __all__ = [
     "metadata",
     "normalize_url",
     "review_items",
+    "shadow_results",
     "site_annotations",
     "station_state",
+    "upgrade",
     "verdict_events",
 ]
 
-#: Bumped with every change to the tables below (with an upgrade step in ReviewDB._upgrade).
-SCHEMA_VERSION = 1
+#: Bumped with every change to the tables below (with an upgrade step in `upgrade`).
+#: 2: review_items.priority (claims take higher first), the shadow_results table.
+SCHEMA_VERSION = 2
 
 
 class UTCDateTime(TypeDecorator):
@@ -97,6 +102,8 @@ review_items = Table(
     Column("lease_id", String(32), nullable=True),
     Column("lease_reviewer", String(255), nullable=True),
     Column("lease_until", UTCDateTime, nullable=True),
+    # Claims take higher priority first (shadow disagreements: 1), then the oldest.
+    Column("priority", Integer, nullable=False, default=0, server_default=text("0")),
     Index("ix_review_items_state_created", "state", "created_at"),
     Index("ix_review_items_lease", "lease_reviewer", "state"),
     Index("ix_review_items_image", "image_sha256"),
@@ -128,6 +135,25 @@ verdict_events = Table(
     Index("ix_verdict_events_item", "item_id", "kind"),
     Index("ix_verdict_events_reviewer", "reviewer", "kind", "seq"),
     Index("ix_verdict_events_verdict", "verdict_id"),
+)
+
+#: One row per image a shadow (challenger) model classified beside the champion.
+shadow_results = Table(
+    "shadow_results",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("image_sha256", String(64), nullable=False),
+    Column("site", String(253), nullable=False),
+    Column("product", String(255), nullable=False, default=""),
+    Column("champion_version", String(255), nullable=False),
+    Column("champion_class", String(255), nullable=False),
+    Column("champion_decision", String(32), nullable=False),
+    Column("challenger_version", String(255), nullable=False),
+    Column("challenger_class", String(255), nullable=False),
+    Column("challenger_decision", String(32), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Index("ix_shadow_results_challenger", "challenger_version", "at"),
+    Index("ix_shadow_results_image", "image_sha256"),
 )
 
 #: Every decision the ADC app made (recorded or not), added up in batches.
@@ -214,3 +240,16 @@ def make_engine(url: str) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE")  # take the write lock up front: claims serialise
 
     return engine
+
+
+def upgrade(engine: Engine, found: int) -> None:
+    """Bring a database at schema version `found` up to SCHEMA_VERSION (new tables come from
+    `metadata.create_all`; this adds what create_all does not: columns of existing tables).
+    Safe when another process upgrades at the same time: a column it added first is kept."""
+    if found < 2 and "priority" not in {c["name"] for c in inspect(engine).get_columns("review_items")}:
+        try:
+            with engine.begin() as c:
+                c.exec_driver_sql("ALTER TABLE review_items ADD COLUMN priority INTEGER NOT NULL DEFAULT 0")
+        except DBAPIError:
+            if "priority" not in {c["name"] for c in inspect(engine).get_columns("review_items")}:
+                raise

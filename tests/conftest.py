@@ -18,4 +18,5 @@ def _isolated_env(monkeypatch, tmp_path_factory):
     for name in ("ADCP_API", "ADCP_TOKEN", "ADCP_TOKEN_FILE", "ADCP_CA_FILE", "ADCP_PLATFORM"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("ADCP_REVIEW_SYNC_S", "0")  # no scheduled verdict sync unless a test asks for one
+    monkeypatch.setenv("ADCP_RETRAIN_CHECK_S", "0")  # nor retrain trigger loop
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

@@ -18,10 +18,10 @@ from coordinator.cli.main import main
 
 
 def platform_yaml(sites: dict[str, dict[str, Any]], center: dict[str, Any] | None = None,
-                  settings: dict[str, dict[str, Any]] | None = None) -> str:
+                  settings: dict[str, dict[str, Any]] | None = None, extra: dict[str, Any] | None = None) -> str:
     """A platform file: the center under {home} and each site local, with its runtime settings
     (num_cpus, num_gpus, object_store_mb, resources), its own store folder and any other site
-    settings in `settings[name]` (display_name, review, labels)."""
+    settings in `settings[name]` (display_name, review, labels); `extra` joins the top level (lines)."""
     doc = {
         "center": {"state_db": "{home}/coordinator.db", "store": {"url": "{home}/store"}, **(center or {})},
         "sites": [
@@ -31,17 +31,19 @@ def platform_yaml(sites: dict[str, dict[str, Any]], center: dict[str, Any] | Non
              **(settings or {}).get(name, {})}
             for name, runtime in sites.items()
         ],
+        **(extra or {}),
     }
     return yaml.safe_dump(doc, sort_keys=False)
 
 
 @contextlib.contextmanager
 def running_platform(home: Path, sites: dict[str, dict[str, Any]],
-                     settings: dict[str, dict[str, Any]] | None = None) -> Iterator[Path]:
+                     settings: dict[str, dict[str, Any]] | None = None,
+                     extra: dict[str, Any] | None = None) -> Iterator[Path]:
     """`adcp up` a platform of local `sites` under `home` (created), yield `home`, `adcp down`."""
     home.mkdir(parents=True, exist_ok=True)
     platform = home.parent / f"{home.name}-platform.yaml"
-    platform.write_text(platform_yaml(sites, settings=settings))
+    platform.write_text(platform_yaml(sites, settings=settings, extra=extra))
     try:
         if main(["--home", str(home), "--platform", str(platform), "up"]) != 0:
             raise RuntimeError("adcp up failed (see the output above)")

@@ -1,21 +1,31 @@
 """The Ray Data pipeline of a training run: read shards, decode, label, split, augment.
 
-Decoding and labelling run once (the decoded dataset is small: a few MB at 64 px) and are
-materialised in the object store; augmentation runs per epoch in the streaming pipeline, so every
-epoch sees new random flips, rotations and noise.
+A run reads its base dataset and any extra datasets (the reviewed images of a line with their
+verdict labels, `Source` each): every source is read, decoded (whatever format and size its
+images were stored in) and resized the same way, and each image's own split
+(`data.schema.split_of` of its id) decides whether it trains, validates or is held out, so a test
+image is never trained on, whichever dataset it came from. Decoding and labelling run once (the
+decoded dataset is small: a few MB at 64 px) and are materialised in the object store;
+augmentation runs per epoch in the streaming pipeline, so every epoch sees new random flips,
+rotations and noise.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pyarrow as pa
 
+from configs.errors import ConfigError
 from data.annotations import read_annotations_url
-from data.dataset import Dataset
-from data.preprocess import decode_image, normalize, resize
+from data.dataset import Dataset, open_dataset
+from data.fs import arrow_fs
+from data.preprocess import decode_image, normalize, resize, to_model_input
 from data.schema import DEFECT_CLASSES, split_of
 
-__all__ = ["DecodeAndLabel", "augment", "only_split", "run_labels", "to_tensors"]
+__all__ = ["DecodeAndLabel", "Source", "augment", "decoded_dataset", "only_split", "run_classes", "run_labels",
+           "run_sources", "split_arrays", "to_tensors"]
 
 
 def run_labels(dataset: Dataset, annotations_url: str | None) -> tuple[dict[str, str], list[str], str | None]:
@@ -37,6 +47,70 @@ def run_labels(dataset: Dataset, annotations_url: str | None) -> tuple[dict[str,
     parts = annotations_url.rstrip("/").rsplit("/", 2)
     ann_id = f"{parts[-2]}@{parts[-1].removesuffix('.json')}" if len(parts) == 3 else annotations_url
     return labels, classes, ann_id
+
+
+@dataclass
+class Source:
+    """One dataset a run trains on, with the labels it trains with and their annotations' NAME@V."""
+
+    dataset: Dataset
+    labels: dict[str, str]
+    present: list[str]
+    annotations: str | None
+
+
+def run_sources(dataset_url: str, annotations_url: str | None,
+                extra: list[tuple[str, str]] = ()) -> list[Source]:
+    """The base dataset (with `annotations_url`, if any) then each extra (dataset URL, annotations
+    URL) pair, each opened with the labels it trains with (see `run_labels`)."""
+    sources = []
+    for url, ann in [(dataset_url, annotations_url), *extra]:
+        ds = open_dataset(url)
+        labels, present, ann_id = run_labels(ds, ann)
+        sources.append(Source(ds, labels, present, ann_id))
+    return sources
+
+
+def run_classes(sources: list[Source]) -> list[str]:
+    """The union of the classes present: the base dataset's in its order, then those only extra
+    data has (the built-in ones in their usual order first). Keeping the base's order keeps a
+    retrained model's classes those of the model it fine-tunes from when no new class appeared."""
+    classes = list(sources[0].present) if sources else []
+    more = {c for s in sources[1:] for c in s.present} - set(classes)
+    return classes + [c for c in DEFECT_CLASSES if c in more] + sorted(more - set(DEFECT_CLASSES))
+
+
+def decoded_dataset(sources: list[Source], classes: list[str], size: int):
+    """Every source's shards read by Ray Data, decoded, labelled and resized to `size`, as one
+    materialised Ray dataset of `pixels`, `label`, `split` rows."""
+    import ray.data
+
+    parts = []
+    for source in sources:
+        filesystem, _ = arrow_fs(source.dataset.url)
+        paths = [arrow_fs(u)[1] for u in source.dataset.shard_urls]
+        parts.append(
+            ray.data.read_parquet(paths, filesystem=filesystem, columns=["image_id", "image"])
+            .map_batches(DecodeAndLabel, fn_constructor_args=(source.labels, classes, size),
+                         batch_format="pyarrow", batch_size=256, concurrency=1))
+    out = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
+    return out.materialize()
+
+
+def split_arrays(sources: list[Source], classes: list[str], split: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(normalised model input, label indices) of every labelled image of `split` in `sources`."""
+    index = {c: i for i, c in enumerate(classes)}
+    xs, ys = [], []
+    for source in sources:
+        table = source.dataset.read_images(["image_id", "image"])
+        for image_id, blob in zip(table.column("image_id").to_pylist(), table.column("image").to_pylist()):
+            if split_of(image_id) == split and source.labels.get(image_id) in index:
+                xs.append(decode_image(blob))
+                ys.append(index[source.labels[image_id]])
+    if not xs:
+        raise ConfigError(f"No labelled {split} images in {', '.join(s.dataset.dataset_id for s in sources)}.",
+                          hint="Train on a dataset with more labelled images.")
+    return to_model_input(xs, size), np.array(ys, dtype=np.int64)
 
 
 class DecodeAndLabel:

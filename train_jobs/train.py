@@ -4,13 +4,17 @@ Runs as a Ray job at a site: a `TorchTrainer` fed by Ray Data, per-epoch metrics
 accuracy, per-class recall) reported with checkpoints to `--storage-path` (any fsspec URL).
 Re-running with the same storage path and run name resumes from the latest checkpoint; a new run
 can start from another run's checkpoint (`--init-checkpoint`, e.g. one relayed from a site that
-died). With `--artifact-store` every epoch's checkpoint is published there as an artifact while the
-next epoch trains. At the end the model is exported (`model.pt2` + `metadata.json`) with per-class
+died) or fine-tune from an exported model's weights (`--init-model`, `train_jobs.init_weights`).
+`--extra-dataset URL --extra-annotations URL` (pairs, repeatable) add more labelled images, e.g. a
+line's reviewed images with their verdict labels (`train_jobs.pipeline.Source`). With
+`--artifact-store` every epoch's checkpoint is published there as an artifact while the next epoch
+trains. At the end the model is exported (`model.pt2` + `metadata.json`) with per-class
 thresholds calibrated on the validation split.
 
 Machine-readable lines in the job's log (one JSON object after the tag):
 `ADCP_CHECKPOINT` per published checkpoint, `ADCP_WARNING` for a degraded run (GPUs declared but
-absent, a checkpoint that could not be published), `ADCP_MODEL` for the exported model.
+absent, a checkpoint that could not be published, an init model that could not be used),
+`ADCP_MODEL` for the exported model.
 """
 
 from __future__ import annotations
@@ -28,7 +32,6 @@ from datetime import datetime, timezone
 from types import UnionType
 from typing import Any, Union, get_args, get_origin
 
-import numpy as np
 import torch
 from pydantic import BaseModel
 
@@ -37,16 +40,15 @@ from configs.loader import validate
 from configs.models import TrainConfig
 from configs.protocol import Marker, format_epoch, format_line
 from data.artifacts import ArtifactRef, ArtifactStore
-from data.dataset import open_dataset
 from data.fs import arrow_fs
 from data.model_format import ModelMetadata
-from data.preprocess import decode_image, to_model_input
 from data.publish import publish_artifact
-from data.schema import NO_DEFECT_CLASSES, split_of
+from data.schema import NO_DEFECT_CLASSES
 from train_jobs.checkpoints import STATE_FILE, read_checkpoint_state, restore, save_state
 from train_jobs.export import calibrate_and_export, publish_model
+from train_jobs.init_weights import load_init_weights
 from train_jobs.model import ADCNet
-from train_jobs.pipeline import DecodeAndLabel, augment, only_split, run_labels, to_tensors
+from train_jobs.pipeline import augment, decoded_dataset, only_split, run_classes, run_sources, split_arrays, to_tensors
 from train_jobs.steps import class_weights, epoch_metrics, evaluate, train_epoch
 
 __all__ = [
@@ -98,15 +100,17 @@ def parse_config(model: type[BaseModel], argv: list[str] | None, *, prog: str, d
         kind = _arg_type(field.annotation)
         if kind is bool:
             parser.add_argument(flag, dest=name, action="store_true", default=None, help=field.description)
-        elif kind is list or get_origin(kind) is list:
-            parser.add_argument(flag, dest=name, default=None, help=f"{field.description} (comma-separated)",
+        elif kind is list or get_origin(kind) is list:  # comma-separated, and the flag may repeat
+            parser.add_argument(flag, dest=name, default=None, action="append",
+                                help=f"{field.description} (comma-separated, or the flag repeated)",
                                 type=lambda s: [c for c in s.split(",") if c])
         elif kind is dict or get_origin(kind) is dict:
             parser.add_argument(flag, dest=name, default=None, type=_json_object, help=field.description)
         else:
             parser.add_argument(flag, dest=name, type=kind, default=None, help=field.description,
                                 required=field.is_required())
-    values = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
+    values = {k: [c for part in v for c in part] if isinstance(v, list) else v
+              for k, v in vars(parser.parse_args(argv)).items() if v is not None}
     return validate(model, values, f"{prog.rsplit('.', 1)[-1]} options")
 
 
@@ -206,7 +210,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     weights = class_weights(classes, config["no_defect_classes"], config["defect_weight"]).to(device)
     # On the device before the optimizer exists, so restored optimizer state lands there too.
-    model = ADCNet(n_cls, in_channels=1, width=config["width"]).to(device, memory_format=torch.channels_last)
+    model = ADCNet(n_cls, in_channels=1, width=config["width"])
+    if config.get("init_weights") is not None:  # fine-tuning; a checkpoint below still goes first
+        model.load_state_dict(config["init_weights"])
+    model = model.to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
     steps_per_epoch = max(1, -(-config["train_rows"] // (world * config["batch_size"])))
     total_steps = config["epochs"] * steps_per_epoch + 1
@@ -260,17 +267,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             publisher.close()
 
 
-def _split_arrays(dataset, labels: dict[str, str], classes: list[str], split: str, size: int):
-    table = dataset.read_images(["image_id", "image"])
-    index = {c: i for i, c in enumerate(classes)}
-    xs, ys = [], []
-    for image_id, blob in zip(table.column("image_id").to_pylist(), table.column("image").to_pylist()):
-        if split_of(image_id) == split and labels.get(image_id) in index:
-            xs.append(decode_image(blob))
-            ys.append(index[labels[image_id]])
-    return to_model_input(xs, size), np.array(ys, dtype=np.int64)
-
-
 def model_identity(name: str | None, version: str | None, dataset_name: str) -> tuple[str, str]:
     """The exported model's (name, version): as given, else `adc-<dataset>` and the UTC time."""
     return (name or f"adc-{dataset_name}",
@@ -313,14 +309,16 @@ def run(cfg: TrainConfig) -> ModelMetadata:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     started = time.monotonic()
-    dataset = open_dataset(cfg.dataset)
-    labels, present, annotations = run_labels(dataset, cfg.annotations)
+    sources = run_sources(cfg.dataset, cfg.annotations, cfg.extra())
+    dataset, annotations = sources[0].dataset, sources[0].annotations
+    present = run_classes(sources)
     classes = cfg.classes or present
     unknown = set(classes) - set(present)
     if unknown:
         raise ConfigError(
             f"Classes {sorted(unknown)} are not in dataset {dataset.dataset_id}"
-            + (f" with annotations {annotations}." if annotations else "."),
+            + (f" with annotations {annotations}" if annotations else "")
+            + (f" nor in the extra datasets {[s.dataset.dataset_id for s in sources[1:]]}." if sources[1:] else "."),
             allowed=", ".join(present),
         )
     if not classes:
@@ -334,6 +332,9 @@ def run(cfg: TrainConfig) -> ModelMetadata:
         ArtifactRef("checkpoint", checkpoint_name, "1")
     if cfg.init_checkpoint:
         _check_init_state(read_checkpoint_state(cfg.init_checkpoint), cfg.init_checkpoint, cfg, classes)
+    init = load_init_weights(cfg.init_model, classes, cfg.width) if cfg.init_model else None
+    if init is not None:
+        init.report()
 
     # Ray Train's print patch both logs and echoes a worker's print, so each line would reach the
     # job log twice; the epoch and ADCP_ lines are read by machines. (Passed on to the workers.)
@@ -342,14 +343,7 @@ def run(cfg: TrainConfig) -> ModelMetadata:
     ray.data.DataContext.get_current().enable_progress_bars = False
     device, gpu_absent = gpu_plan(cfg.use_gpu, cfg.num_workers)
 
-    filesystem, _ = arrow_fs(dataset.url)
-    paths = [arrow_fs(u)[1] for u in dataset.shard_urls]
-    decoded = (
-        ray.data.read_parquet(paths, filesystem=filesystem, columns=["image_id", "image"])
-        .map_batches(DecodeAndLabel, fn_constructor_args=(labels, classes, cfg.image_size),
-                     batch_format="pyarrow", batch_size=256, concurrency=1)
-        .materialize()
-    )
+    decoded = decoded_dataset(sources, classes, cfg.image_size)
     train_ds = decoded.map_batches(only_split, fn_kwargs={"split": "train"}, batch_format="numpy")
     train_rows = train_ds.count()
     train_ds = train_ds.map_batches(augment, fn_kwargs={"strength": cfg.augment}, batch_format="numpy")
@@ -365,7 +359,8 @@ def run(cfg: TrainConfig) -> ModelMetadata:
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={**cfg.model_dump(), "classes": classes, "no_defect_classes": no_defect,
-                           "train_rows": train_rows, "device": device, "publish": publish},
+                           "train_rows": train_rows, "device": device, "publish": publish,
+                           "init_weights": init.state if init is not None else None},
         # The GPUs are reserved either way (Ray refuses GPU in resources_per_worker without
         # use_gpu); without CUDA the process group must be gloo, as NCCL needs CUDA.
         torch_config=TorchConfig(backend="gloo") if gpu_absent else None,
@@ -390,7 +385,7 @@ def run(cfg: TrainConfig) -> ModelMetadata:
         state = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=False)
     model.load_state_dict(state["model"])
 
-    x_val, y_val = _split_arrays(dataset, labels, classes, "val", cfg.image_size)
+    x_val, y_val = split_arrays(sources, classes, "val", cfg.image_size)
     last = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
     metrics = {
         **last,
@@ -409,8 +404,13 @@ def run(cfg: TrainConfig) -> ModelMetadata:
         "checkpoints": cfg.checkpoint_path,
         "training": {"device": device, "workers": cfg.num_workers,
                      "gpus_reserved": cfg.num_workers if cfg.use_gpu else 0},
-        "config": cfg.model_dump(exclude={"dataset", "output", "storage_path", "lineage", "annotations"}),
+        "config": cfg.model_dump(exclude={"dataset", "output", "storage_path", "lineage", "annotations",
+                                          "init_model", "extra_dataset", "extra_annotations"}),
     }
+    if sources[1:]:
+        lineage["extra"] = [{"dataset": s.dataset.dataset_id, "annotations": s.annotations} for s in sources[1:]]
+    if init is not None:
+        lineage.update(init.lineage())
     if cfg.artifact_store:
         lineage["checkpoint_artifact"] = f"checkpoint/{checkpoint_name}"
     lineage.update(cfg.lineage)

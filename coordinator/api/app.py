@@ -22,11 +22,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from configs.errors import AdcpError, InputError
 from coordinator.api.auth import install_door
 from coordinator.api.dataset_routes import add_dataset_routes
+from coordinator.api.gate_routes import add_gate_routes
 from coordinator.api.job_routes import add_job_routes
+from coordinator.api.line_routes import add_line_routes
 from coordinator.api.model_routes import add_model_routes
 from coordinator.api.monitoring_routes import add_monitoring_routes
 from coordinator.api.platform_routes import add_platform_routes, principal_name
 from coordinator.api.quality_routes import add_quality_routes
+from coordinator.api.release_routes import add_release_routes
+from coordinator.api.retrain_routes import add_retrain_routes
 from coordinator.api.review_routes import add_review_routes
 from coordinator.api.upload_routes import add_upload_routes
 from coordinator.api.user_routes import add_user_routes
@@ -34,6 +38,8 @@ from coordinator.center.core import CENTER, Center
 from coordinator.center.local_sites import LocalSites
 from coordinator.center.uploads import Uploads
 from coordinator.dashboard.routes import add_dashboard_routes
+from coordinator.jobs.release import Releaser
+from coordinator.jobs.retrain import Retrainer
 from coordinator.jobs.runner import Trainer
 from coordinator.jobs.tasks import TaskRunner
 from coordinator.monitoring.monitor import Monitor
@@ -69,7 +75,8 @@ class TransferIn(BaseModel):
 
 
 def create_app(center: Center, token: str, trainer: Trainer | None = None, monitor: Monitor | None = None, *,
-               tasks: TaskRunner | None = None, local_sites: LocalSites | None = None) -> FastAPI:
+               tasks: TaskRunner | None = None, local_sites: LocalSites | None = None,
+               releaser: Releaser | None = None, retrainer: Retrainer | None = None) -> FastAPI:
     """The API over `center`. `monitor` (default: one over the platform's monitoring settings) is
     on `app.state.monitor`; it sweeps the sites while the app is served (started and stopped by
     the app's lifespan)."""
@@ -174,12 +181,17 @@ def create_app(center: Center, token: str, trainer: Trainer | None = None, monit
     add_platform_routes(app, center, tasks, local_sites)
     add_upload_routes(app, Uploads(center.central, center.home / "coordinator" / "uploads"))
     add_model_routes(app, center)
+    add_line_routes(app, center)
     add_dataset_routes(app, center, tasks)
     add_monitoring_routes(app, center, monitor)
     add_quality_routes(app, center, monitor)
     add_dashboard_routes(app, center)
     add_user_routes(app, users, audit)
     add_review_routes(app, center, tasks)
+    add_gate_routes(app, center, tasks)
     if trainer is not None:
         add_job_routes(app, trainer)
+        add_retrain_routes(app, retrainer or Retrainer(center, trainer))
+    if releaser is not None:
+        add_release_routes(app, releaser)
     return app

@@ -82,8 +82,19 @@ ROUTE_ROLES: dict[tuple[str, str], tuple[str, ...]] = {
     # models and rollouts
     ("GET", f"{_V1}/models"): _READ,
     ("POST", f"{_V1}/models/{{name}}/{{version}}/deploy"): _BUILD,
+    ("POST", f"{_V1}/models/{{line}}/{{version}}/gate"): _BUILD,  # score against the champion
+    ("POST", f"{_V1}/models/{{line}}/golden"): _BUILD,  # publish a line's golden set
+    ("GET", f"{_V1}/models/{{line}}/history"): _READ,  # model lines: versions, aliases per site, moves
+    ("PUT", f"{_V1}/models/{{line}}/aliases/{{alias}}"): _BUILD,
+    ("POST", f"{_V1}/models/{{line}}/retrain"): _BUILD,  # retrain a line (when due, or now)
+    ("GET", f"{_V1}/models/{{line}}/retrains"): _READ,
     ("POST", f"{_V1}/sites/{{site}}/rollback"): _BUILD,
     ("GET", f"{_V1}/deployments"): _READ,
+    # staged releases (gate, shadow, canary, waves) and their approvals
+    ("POST", f"{_V1}/releases"): _BUILD,
+    ("GET", f"{_V1}/releases"): _READ,
+    ("GET", f"{_V1}/releases/{{release_id}}"): _READ,
+    ("POST", f"{_V1}/models/{{line}}/{{version}}/approve"): _BUILD,
     # monitoring
     ("GET", f"{_V1}/overview"): _READ,
     ("GET", f"{_V1}/alerts"): _READ,

@@ -29,12 +29,30 @@ class DeployIn(BaseModel):
     to: list[str] = Field(..., min_length=1, description="Sites whose Serve app gets the model", examples=[["fab-a"]])
     replicas: int | None = Field(None, ge=1, le=1000, description="Serve replicas per site (default: serve defaults)")
     timeout_s: float = Field(240, gt=0, le=3600, description="Seconds to wait per site for the new version to answer")
+    why: str | None = Field(None, max_length=500, description="Why (recorded with the alias moves; default: deploy)")
+    shadow: str | None = Field(None, description="A challenger NAME@VERSION run beside the model on a share of "
+                               "the images (callers get the model's answers)", examples=["adc@3"])
+    shadow_rate: float = Field(0.1, ge=0, le=1, description="Share of images the shadow also classifies")
+    thresholds: dict[str, float] | None = Field(None, description="Per-class thresholds replacing the model's own")
+    shadow_thresholds: dict[str, float] | None = Field(None, description="Per-class thresholds of the shadow")
+
+    def options(self) -> dict[str, Any]:
+        """The shadow/threshold keywords of rollout.deploy that this body sets (none when it sets none)."""
+        out: dict[str, Any] = {}
+        if self.shadow:
+            out["shadow"] = (rollout.parse_model_ref(self.shadow), self.shadow_rate)
+        if self.thresholds:
+            out["thresholds"] = self.thresholds
+        if self.shadow_thresholds:
+            out["shadow_thresholds"] = self.shadow_thresholds
+        return out
 
 
 class RollbackIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     replicas: int | None = Field(None, ge=1, le=1000, description="Serve replicas (default: serve defaults)")
     timeout_s: float = Field(240, gt=0, le=3600)
+    why: str | None = Field(None, max_length=500, description="The reason, recorded as the alias moves' why")
 
 
 class RolloutRow(BaseModel):
@@ -48,6 +66,8 @@ class RolloutRow(BaseModel):
     status: Literal["serving", "failed"]
     deployment_id: str | None = Field(None, description="Its row in GET /deployments")
     error: str | None = None
+    shadow: str | None = Field(None, description="model/NAME@VERSION run beside it as shadow")
+    shadow_error: str | None = Field(None, description="Why the site could not load the shadow (the model serves)")
 
 
 _WAIT = "true: answer when every site serves the model; false: 202 with the task that runs the rollout"
@@ -69,7 +89,8 @@ def add_model_routes(app: FastAPI, center: Center, serve_cfg: ServeConfig | None
 
     @app.get(f"{_PREFIX}/models", tags=["models"])
     def list_models() -> list[dict[str, Any]]:
-        """Model artifacts of the central store; `serving_at` lists the sites serving each now."""
+        """Model artifacts of the central store; `serving_at` lists the sites serving each now,
+        `aliases` each site's aliases naming that version (`{"fab-a": ["champion"]}`)."""
         return rollout.list_models(center)
 
     @app.post(f"{_PREFIX}/models/{{name}}/{{version}}/deploy", tags=["models"],
@@ -82,12 +103,15 @@ def add_model_routes(app: FastAPI, center: Center, serve_cfg: ServeConfig | None
         `wait=false`: 202 with the task that runs it (its result: the rows)."""
         ref = rollout.parse_model_ref(f"{name}@{version}")
         if wait:
-            return rollout.deploy(center, ref, body.to, cfg(body.replicas), timeout_s=body.timeout_s)
+            return rollout.deploy(center, ref, body.to, cfg(body.replicas), timeout_s=body.timeout_s,
+                                  by=principal_name(request), why=body.why, **body.options())
         ref, names = rollout.check(center, ref, body.to)
+        by = principal_name(request)
 
         def work(report: Reporter) -> list[dict[str, Any]]:
             return rollout.deploy(center, ref, names, cfg(body.replicas), timeout_s=body.timeout_s,
-                                  on_event=lambda site, msg: report.event(f"{site}: {msg}"))
+                                  on_event=lambda site, msg: report.event(f"{site}: {msg}"), by=by, why=body.why,
+                                  **body.options())
 
         response.status_code = 202
         return _tasks(request).start("deploy", f"{ref} -> {','.join(names)}", work, user=principal_name(request),
@@ -102,13 +126,15 @@ def add_model_routes(app: FastAPI, center: Center, serve_cfg: ServeConfig | None
         result: the site's row, in a list)."""
         body = body or RollbackIn()
         if wait:
-            return rollout.rollback(center, site, cfg(body.replicas), timeout_s=body.timeout_s)
+            return rollout.rollback(center, site, cfg(body.replicas), timeout_s=body.timeout_s,
+                                    by=principal_name(request), why=body.why)
         current = rollout.rollback_target(center, site)
         rollout.check(center, current["previous"], [site])
+        by = principal_name(request)
 
         def work(report: Reporter) -> list[dict[str, Any]]:
             return [rollout.rollback(center, site, cfg(body.replicas), timeout_s=body.timeout_s,
-                                     on_event=lambda s, msg: report.event(f"{s}: {msg}"))]
+                                     on_event=lambda s, msg: report.event(f"{s}: {msg}"), by=by, why=body.why)]
 
         response.status_code = 202
         return _tasks(request).start("rollback", f"{site} -> {current['previous']}", work,

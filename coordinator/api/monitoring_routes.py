@@ -25,6 +25,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from configs.errors import InputError
 from coordinator.center.core import Center
+from coordinator.jobs import aliases
 from coordinator.monitoring.monitor import Monitor, parse_since
 from coordinator.monitoring.quality import metric_families as quality_families
 
@@ -79,7 +80,8 @@ def add_monitoring_routes(app: FastAPI, center: Center, monitor: Monitor) -> Non
         built once per sweep and at most once a second (a wall of screens polls the same one)."""
         key = (monitor.sweeps, int(time.monotonic()))
         if cached["key"] != key:
-            cached["body"], cached["key"] = json.dumps(monitor.overview(), separators=(",", ":")), key
+            body = aliases.decorate(center, monitor.overview())  # + each site's model lines (champion, challenger)
+            cached["body"], cached["key"] = json.dumps(body, separators=(",", ":")), key
         return Response(cached["body"], media_type="application/json")
 
     @app.get(f"{_PREFIX}/sites/{{site}}/metrics", tags=["monitoring"])

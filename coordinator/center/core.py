@@ -26,6 +26,7 @@ from coordinator.center import bundle
 from coordinator.center.registry import push_to_registry
 from coordinator.center.station_keys import StationKeys
 from coordinator.state.db import State
+from coordinator.state.model_lines import ModelLines
 from data.artifacts import ArtifactRef, ArtifactStore
 from data.images import download_image
 from data.publish import verify_and_repair
@@ -93,6 +94,7 @@ class Center:
         self.state = State(config.center.state_db)
         self.central = ArtifactStore(config.center.store.url, config.center.store.options or None)
         self._station_keys: StationKeys | None = None
+        self._lines: ModelLines | None = None
         #: Called as hook(ref, site) after each successful push leg; a dict it returns joins the
         #: leg's result (the review sync loads an annotations artifact into the site's review DB).
         self.push_hooks: list[Callable[[ArtifactRef, str], dict[str, Any] | None]] = []
@@ -120,6 +122,13 @@ class Center:
         if self._station_keys is None:
             self._station_keys = StationKeys(self.home)
         return self._station_keys
+
+    @property
+    def lines(self) -> ModelLines:
+        """The model lines' aliases, their moves and reports (coordinator.state.model_lines)."""
+        if self._lines is None:
+            self._lines = ModelLines(self.state)
+        return self._lines
 
     # --- sites ------------------------------------------------------------------------------
 
@@ -245,7 +254,7 @@ class Center:
             args += ["--store-options", json.dumps(site.store.options)]
         if kind:
             args += ["--kind", kind]
-        return self._run_site_job(name, args, what=f"listing artifacts at {name}", marker=Marker.ARTIFACTS)["artifacts"]
+        return self.run_site_job(name, args, what=f"listing artifacts at {name}", marker=Marker.ARTIFACTS)["artifacts"]
 
     # --- transfers --------------------------------------------------------------------------
 
@@ -388,12 +397,13 @@ class Center:
             args.append("--verify-existing")
         if opts.max_mbps:
             args += ["--max-mbps", str(opts.max_mbps)]
-        return self._run_site_job(site, args, what=f"{'upload' if upload else 'pull'} of {ref} at {site}")
+        return self.run_site_job(site, args, what=f"{'upload' if upload else 'pull'} of {ref} at {site}")
 
-    def _run_site_job(self, site: str, args: list[str], *, what: str, marker: Marker = Marker.TRANSFER,
-                      timeout_s: float = 3600) -> dict[str, Any]:
-        """Submit a small Ray job at `site` through its gateway and return the JSON it printed on
-        its `marker` line."""
+    def run_site_job(self, site: str, args: list[str], *, what: str, marker: Marker = Marker.TRANSFER,
+                     timeout_s: float = 3600) -> dict[str, Any]:
+        """Submit a Ray job (`args`, run in this checkout's code bundle) at `site` through its gateway,
+        wait for it at most `timeout_s` (then stop it), and return the JSON it printed on its
+        `marker` line (with `job_id`). JobError when it is refused, fails, or prints no such line."""
         code = bundle.publish(self.central)
         client = self.gateway(site).job_client()
         try:

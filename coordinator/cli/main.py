@@ -16,7 +16,20 @@ import click
 from rich.markup import escape
 
 from configs.errors import AdcpError
-from coordinator.cli import artifacts, dashboard, jobs, kube, models, monitoring, platform, quality, review, users
+from coordinator.cli import (
+    artifacts,
+    dashboard,
+    gate,
+    jobs,
+    kube,
+    models,
+    monitoring,
+    platform,
+    quality,
+    release,
+    review,
+    users,
+)
 from coordinator.cli.context import Context, console, err_console, pass_ctx
 
 __all__ = ["cli", "main"]
@@ -57,7 +70,8 @@ def demo(ctx: Context, summary_json: Path | None, keep: bool) -> None:
     run_demo(ctx.defaults, console, home=ctx.home if ctx.home_given else None, summary_json=summary_json, keep=keep)
 
 
-for _module in (platform, artifacts, jobs, models, monitoring, dashboard, kube, users, quality, review):
+for _module in (platform, artifacts, jobs, models, gate, monitoring, dashboard, kube, users, quality, review,
+                release):
     _module.add_commands(cli)
 
 

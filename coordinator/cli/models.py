@@ -23,7 +23,10 @@ from coordinator.cli.context import (
     split_names,
     timeout_option,
 )
+from coordinator.cli.lines import aliases_text, model_history
 from coordinator.cli.output import follow_task
+from coordinator.cli.release import model_approve
+from coordinator.cli.retrain import model_retrain
 
 __all__ = ["add_commands", "model"]
 
@@ -42,16 +45,17 @@ def model() -> None:
 @json_option
 @pass_ctx
 def model_list(ctx: Context, as_json: bool) -> None:
-    """Models in the central store, and which sites serve each now."""
+    """Models in the central store, which sites serve each now, and its aliases per site."""
     rows = ctx.client.call("GET", "/models")
     if as_json:
         return print_json(rows)
-    table = Table(Column("model", overflow="fold"), "size", Column("metrics", overflow="fold"), "serving at")
+    table = Table(Column("model", overflow="fold"), "size", Column("metrics", overflow="fold"), "serving at",
+                  Column("aliases", overflow="fold"))
     for r in rows:
         metrics = ", ".join(f"{k} {v:.3f}" for k, v in r["metrics"].items() if isinstance(v, float) and k in
                             ("accuracy", "automation_rate", "auto_precision", "escape_rate"))
         table.add_row(escape(r["ref"]), fmt_bytes(r["bytes"]), metrics or "-",
-                      escape(", ".join(r["serving_at"]) or "-"))
+                      escape(", ".join(r["serving_at"]) or "-"), escape(aliases_text(r.get("aliases") or {}) or "-"))
     console.print(table)
 
 
@@ -84,12 +88,19 @@ def _run(ctx: Context, path: str, body: dict[str, Any], as_json: bool, timeout_s
 @click.argument("model_ref", metavar="NAME@VERSION")
 @click.option("--to", "to", required=True, help="Sites, comma-separated.")
 @_replicas_option
+@click.option("--shadow", "shadow", metavar="NAME@VERSION", default=None,
+              help="A challenger run beside the model on a share of the images; callers get the model's answers.")
+@click.option("--shadow-rate", "shadow_rate", type=click.FloatRange(0, 1), default=None,
+              help="Share of images the shadow also classifies (default 0.1).")
 @timeout_option(240, "Seconds to wait per site for the new version to answer")
 @json_option
 @pass_ctx
-def model_deploy(ctx: Context, model_ref: str, to: str, replicas: int | None, timeout_s: float, as_json: bool) -> None:
+def model_deploy(ctx: Context, model_ref: str, to: str, replicas: int | None, shadow: str | None,
+                 shadow_rate: float | None, timeout_s: float, as_json: bool) -> None:
     """Roll NAME@VERSION (or model/NAME@VERSION) out to sites' Serve apps, all at once; print per
     site the seconds from this command to the new version answering."""
+    if shadow_rate is not None and not shadow:
+        raise click.UsageError("--shadow-rate needs --shadow NAME@VERSION.")
     sites = split_names(to)
     if not sites:
         raise click.UsageError("--to needs at least one site name.")
@@ -102,6 +113,8 @@ def model_deploy(ctx: Context, model_ref: str, to: str, replicas: int | None, ti
         raise InputError(f'"{model_ref}" does not name a model version.', allowed="NAME@VERSION or model/NAME@VERSION",
                          hint="See `adcp model list`.")
     body = {"to": sites, "timeout_s": timeout_s, **({"replicas": replicas} if replicas else {})}
+    if shadow:
+        body.update(shadow=shadow, **({"shadow_rate": shadow_rate} if shadow_rate is not None else {}))
     _run(ctx, f"/models/{name}/{version}/deploy", body, as_json, timeout_s)
 
 
@@ -109,11 +122,13 @@ def model_deploy(ctx: Context, model_ref: str, to: str, replicas: int | None, ti
 @click.option("--site", "site", required=True, help="The site whose Serve app goes back to its previous model.")
 @_replicas_option
 @timeout_option(240, "Seconds to wait for the previous version to answer")
+@click.option("--why", "why", default=None, help="The reason, recorded with the alias moves.")
 @json_option
 @pass_ctx
-def model_rollback(ctx: Context, site: str, replicas: int | None, timeout_s: float, as_json: bool) -> None:
-    """Redeploy the model a site served before its current one."""
-    body = {"timeout_s": timeout_s, **({"replicas": replicas} if replicas else {})}
+def model_rollback(ctx: Context, site: str, replicas: int | None, timeout_s: float, why: str | None,
+                   as_json: bool) -> None:
+    """Redeploy the model a site served before its current one (its line's champion goes back to previous)."""
+    body = {"timeout_s": timeout_s, **({"replicas": replicas} if replicas else {}), **({"why": why} if why else {})}
     _run(ctx, f"/sites/{site}/rollback", body, as_json, timeout_s, single=True)
 
 
@@ -141,6 +156,11 @@ def classify(ctx: Context, images: tuple[Path, ...], site: str, as_json: bool) -
         table.add_row(escape(r["file"]), r["class"], f"{r['confidence']:.3f}", r["decision"],
                       escape(r["model_version"]))
     console.print(table)
+
+
+model.add_command(model_history)
+model.add_command(model_retrain)
+model.add_command(model_approve)
 
 
 def add_commands(cli: click.Group) -> None:

@@ -42,21 +42,44 @@ def _quality_cells(q: dict[str, Any] | None, wide: bool) -> list[str]:
     return [escape + ("?" if q.get("stale") else ""), backlog]
 
 
+def _model_cell(lines: list[dict[str, Any]] | None, wide: bool) -> str:
+    """Each model line at a site as `line@champion` (only the version without `wide`),
+    `→challenger` when one is set, and with `wide` the stage of the line's release ("-" where the
+    site has no line's champion or challenger)."""
+    parts = []
+    for entry in lines or []:
+        text = (f"{entry['line']}@" if wide else "") + (entry.get("champion") or "-")
+        if entry.get("challenger"):
+            text += f"→{entry['challenger']}"
+        if wide and entry.get("stage"):
+            text += f" ({entry['stage']}" + (f" · {entry['site_state']}" if entry.get("site_state") else "") + ")"
+        parts.append(text)
+    return ", ".join(parts) or "-"
+
+
 def top_table(overview: dict[str, Any], wide: bool = False) -> Any:
     """A rich Table of every site (worst health first) with the totals in its caption; without
     `wide` only the columns that fit an 80-column terminal. `auto` is the automation rate measured
     from the review stats where the site has them, else from the ADC app's answers; `escape` and
-    `backlog` come from the review stats ("?": stale, the site's last figures)."""
+    `backlog` come from the review stats ("?": stale, the site's last figures); `model` is each
+    model line's champion there (→ its challenger; without `wide` only when a site has a line, and
+    then with lighter borders, to stay within 80 columns)."""
+    from rich import box
     from rich.markup import escape
     from rich.table import Column, Table
 
     t = overview["totals"]
     cols = [Column("site", no_wrap=True, max_width=18, overflow="ellipsis"), Column("health", no_wrap=True),
-            "CPU", "mem", "jobs", "req/s", "auto", "escape", "backlog"]
+            "CPU", "mem", "jobs", "req/s", "auto", "escape", "backlog", Column("model", overflow="fold")]
+    with_model = wide or any(s.get("lines") for s in overview["sites"])
+    if not with_model:
+        cols.pop()
     if wide:
         cols[4:4] = ["disk", "net in/out", "GPU"]
-        cols.insert(-4, "serve")
-    table = Table(*cols, title=f"ADC Platform: {t['up']}/{t['sites']} sites up, {t['alerts_active']} alerts",
+        cols.insert(-5, "serve")
+    style: dict[str, Any] = {} if wide or not with_model else {"box": box.SIMPLE_HEAD, "pad_edge": False,
+                                                                        "show_edge": False, "collapse_padding": True}
+    table = Table(*cols, **style, title=f"ADC Platform: {t['up']}/{t['sites']} sites up, {t['alerts_active']} alerts",
                   caption=f"{t['jobs_running']} jobs running, {t['inference_rps']:.1f} req/s, "
                           f"{t['images_total']} images classified; at {overview['generated_at']}")
     order = {"down": 0, "warn": 1, "ok": 2}
@@ -74,9 +97,11 @@ def top_table(overview: dict[str, Any], wide: bool = False) -> Any:
                  _fmt(v.get("cpu_util"), " %", digits=1), mem, str(s["jobs"]["running"]),
                  _fmt(v.get("inference_rps"), digits=1), _fmt(automation, " %", 0.01, 0),
                  *(escape(c) for c in _quality_cells(q, wide))]
+        if with_model:
+            cells.append(escape(_model_cell(s.get("lines"), wide)))
         if wide:
             cells[4:4] = [_fmt(v.get("disk_util"), " %", digits=0), net, _fmt(v.get("gpu_util"), " %", digits=0)]
-            cells.insert(-4, escape(str(s["serve"].get("status", "-"))))
+            cells.insert(-5, escape(str(s["serve"].get("status", "-"))))
         table.add_row(*cells)
     return table
 

@@ -216,11 +216,12 @@
     const title = el("h2", { text: name, title: name, "data-metric": `${name}:display_name` });
     const siteId = el("span", { class: "site-id" });  // the DNS name, beside a display name that differs
     const quality = window.AdcpQuality.tileBlock(name);
+    const lines = window.AdcpLines.tileBlock(name);  // lines.js: champion, challenger, release stage
     const root = el("article", { class: "tile", tabindex: "0", "data-site": name },
       el("div", { class: "tile-head" }, title, siteId, figs.health), error, rows,
       el("div", { class: "facts" }, fact("jobs", figs.jobs), fact("serve", figs.serve), fact("infer/s", figs.rps),
         fact("auto", figs.automation), fact("images", figs.images), fact("model", figs.model, true)),
-      quality.root, mix, mixLegend);
+      quality.root, lines.root, mix, mixLegend);
     const open = () => { window.location.hash = `site=${encodeURIComponent(name)}`; };
     root.addEventListener("click", open);
     root.addEventListener("keydown", (e) => { if (e.key === "Enter") open(); });
@@ -232,6 +233,7 @@
       title.title = s.display_name && s.display_name !== name ? `${s.display_name} (${name})` : name;
       siteId.textContent = s.display_name && s.display_name !== name ? name : "";
       quality.update(s.quality || null);
+      lines.update(s.lines || []);
       root.classList.remove("ok", "warn", "down");
       root.classList.add(s.health);
       figs.health.className = `health-badge ${s.health}`;

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from configs.errors import AdcpError, InputError, NotFoundError, SiteError
 from configs.monitoring import LOGIN_TTL_S, MAX_LOGIN_TTL_S
+from coordinator.jobs import aliases
 from coordinator.state.dashboard_sessions import DashboardAuth, LoginRefusedError
 from coordinator.state.jobs import JobRecords
 
@@ -40,6 +41,7 @@ _VENDOR = STATIC / "node_modules" / "uplot" / "dist"
 _FILES = {  # URL path under /dashboard -> (file, media type); nothing else is served from disk
     "static/app.js": (STATIC / "app.js", "text/javascript"),
     "static/quality.js": (STATIC / "quality.js", "text/javascript"),
+    "static/lines.js": (STATIC / "lines.js", "text/javascript"),
     "static/app.css": (STATIC / "app.css", "text/css"),
     "vendor/uPlot.iife.min.js": (_VENDOR / "uPlot.iife.min.js", "text/javascript"),
     "vendor/uPlot.min.css": (_VENDOR / "uPlot.min.css", "text/css"),
@@ -152,7 +154,7 @@ def _data_routes(app: FastAPI, auth: DashboardAuth, center: Center) -> None:
 
     @app.get(f"{base}/overview", include_in_schema=False)
     def overview(request: Request) -> Response:
-        return guarded(request, lambda m: m.overview())
+        return guarded(request, lambda m: aliases.decorate(center, m.overview()))
 
     @app.get(f"{base}/alerts", include_in_schema=False)
     def alerts(request: Request, active: bool = True) -> Response:

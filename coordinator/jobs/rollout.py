@@ -19,12 +19,13 @@ from contextlib import contextmanager
 from typing import Any
 
 import httpx
+from pydantic import ValidationError
 
 from configs.errors import AdcpError, ConflictError, InputError, NotFoundError, SiteError
-from configs.models import ServeConfig
+from configs.models import ServeConfig, ServeUserConfig
 from coordinator.center import bundle
 from coordinator.center.core import Center
-from coordinator.jobs import serving
+from coordinator.jobs import aliases, serving
 from data.artifacts import ArtifactRef, ObjectEntry
 from data.model_format import read_metadata
 from raycluster.gateway import SiteGateway
@@ -88,15 +89,21 @@ def served_models(center: Center) -> dict[str, str | None]:
 
 
 def list_models(center: Center) -> list[dict[str, Any]]:
-    """Model artifacts of the central store, each with the sites whose Serve app serves it now."""
+    """Model artifacts of the central store, each with the sites whose Serve app serves it now and
+    its aliases per site (`{"fab-a": ["champion"]}`)."""
     served = served_models(center)
+    line_aliases: dict[str, dict[str, dict[str, str]]] = {}
     rows = []
     for m in center.central.list("model"):
         ref = str(m.ref)
+        if m.name not in line_aliases:
+            line_aliases[m.name] = center.lines.aliases(m.name)
         rows.append({"ref": ref, "name": m.name, "version": m.version, "bytes": m.total_bytes,
                      "created": m.created, "model_id": m.meta.get("model_id"),
                      "metrics": m.meta.get("metrics") or {},
-                     "serving_at": sorted(site for site, model in served.items() if model == ref)})
+                     "serving_at": sorted(site for site, model in served.items() if model == ref),
+                     "aliases": {site: sorted(a for a, v in names.items() if v == m.version)
+                                 for site, names in line_aliases[m.name].items() if m.version in names.values()}})
     return rows
 
 
@@ -156,10 +163,21 @@ def _destinations(center: Center, sites: list[str]) -> list[str]:
 
 
 def deploy(center: Center, ref: str | ArtifactRef, sites: list[str], serve_cfg: ServeConfig | None = None, *,
-           timeout_s: float = 240, on_event: Event | None = None) -> list[dict[str, Any]]:
+           timeout_s: float = 240, on_event: Event | None = None, by: str | None = None,
+           why: str | None = None, shadow: tuple[str | ArtifactRef, float] | None = None,
+           thresholds: dict[str, float] | None = None,
+           shadow_thresholds: dict[str, float] | None = None) -> list[dict[str, Any]]:
     """Roll model `ref` out to every site in `sites` at once; per site
     `{"site", "model", "previous", "seconds", "status", "deployment_id"}` (+ `"error"`), where
     `seconds` runs from this call to the new version answering at the site's Serve endpoint.
+
+    `shadow` = (model, rate): that model is shipped too and runs beside `ref` on a `rate` share of
+    the images (the rows gain `"shadow"`; `"shadow_error"` when the site could not load it: the
+    champion serves all the same). `thresholds` / `shadow_thresholds` replace the models' own per
+    class. A change of only these swaps in place like a model change.
+
+    Each site that serves the model afterwards has its version as the line's champion (previous <-
+    the old one; aliases.on_deployed, moved by `by` for `why`, "deploy" by default).
 
     Raises InputError/NotFoundError before anything is recorded when the model or a site does not
     exist; ConflictError (409) before anything is shipped when a rollout to one of the sites is
@@ -170,6 +188,7 @@ def deploy(center: Center, ref: str | ArtifactRef, sites: list[str], serve_cfg: 
     serve_cfg = serve_cfg or _default_serve()
     ref = parse_model_ref(ref) if isinstance(ref, str) else ref
     names = _destinations(center, sites)
+    extra = _shadow_options(center, shadow, thresholds, shadow_thresholds)
     with _exclusive(center, names, str(ref)):
         ref = center.central.resolve(ref)
         model_id = read_metadata(center.central.manifest_url(ref)).model_id
@@ -179,11 +198,14 @@ def deploy(center: Center, ref: str | ArtifactRef, sites: list[str], serve_cfg: 
 
         def one(site: str) -> dict[str, Any]:
             return _deploy_site(center, site, ref, model_id, code_ref, code_entry, serve_cfg, started=started,
-                                timeout_s=timeout_s, on_event=on_event)
+                                timeout_s=timeout_s, on_event=on_event, extra=extra)
 
         with ThreadPoolExecutor(max_workers=len(names)) as pool:
             futures = [pool.submit(one, n) for n in names]
     rows = [f.result() for f in futures]  # re-raises only what is not an AdcpError (our bugs)
+    for r in rows:
+        if r["status"] == "serving":
+            aliases.on_deployed(center, ref, r["site"], by=by, why=why)
     failed = [r for r in rows if r["status"] != "serving"]
     if failed:
         raise SiteError(f"Rollout of {ref} failed at {len(failed)} of {len(rows)} sites: "
@@ -193,32 +215,66 @@ def deploy(center: Center, ref: str | ArtifactRef, sites: list[str], serve_cfg: 
     return rows
 
 
+def _shadow_options(center: Center, shadow: tuple[str | ArtifactRef, float] | None,
+                    thresholds: dict[str, float] | None, shadow_thresholds: dict[str, float] | None) -> dict[str, Any]:
+    """The user_config fields of a deploy besides the model (checked before anything moves), and the
+    shadow model resolved: {"user": {...}, "shadow": (ref, model_id) | None}."""
+    user: dict[str, Any] = {"thresholds": thresholds, "shadow_thresholds": shadow_thresholds}
+    resolved = None
+    if shadow is not None:
+        sref, rate = shadow
+        sref = center.central.resolve(parse_model_ref(sref) if isinstance(sref, str) else sref)
+        resolved = (sref, read_metadata(center.central.manifest_url(sref)).model_id)
+        user["shadow_rate"] = rate
+    elif shadow_thresholds:
+        raise InputError("shadow_thresholds were given without a shadow model.", allowed="shadow=(model, rate)")
+    try:
+        ServeUserConfig.model_validate(user)
+    except ValidationError as e:
+        raise InputError(f"Bad shadow or threshold settings: {e.errors()[0]['msg']}.",
+                         allowed="shadow rate 0..1, thresholds {class: 0..1}") from e
+    return {"user": user, "shadow": resolved}
+
+
 def _deploy_site(center: Center, site: str, ref: ArtifactRef, model_id: str, code_ref: ArtifactRef,
                  code_entry: ObjectEntry, serve_cfg: ServeConfig, *, started: float, timeout_s: float,
-                 on_event: Event | None) -> dict[str, Any]:
+                 on_event: Event | None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     say = (lambda msg: on_event(site, msg)) if on_event else (lambda msg: None)
     row: dict[str, Any] = {"site": site, "model": str(ref), "previous": None, "seconds": None,
                            "status": "failed", "deployment_id": None}
     try:
         current = _current(center, site)
         row["previous"] = current["model"] if current else None
+        if current and current["model"] == str(ref):  # the same model again (e.g. with a shadow now)
+            row["previous"] = current["previous"]  # a rollback still returns to what came before it
         row["deployment_id"] = did = center.state.start_deployment(site, serve_cfg.app_name, str(ref),
                                                                    row["previous"])
         try:
-            say(f"shipping {ref} and code {code_ref.version}")
+            shadow = (extra or {}).get("shadow")
+            say(f"shipping {ref}{f' and shadow {shadow[0]}' if shadow else ''} and code {code_ref.version}")
             center.push(ref, [site])
+            if shadow:
+                center.push(shadow[0], [site])
             center.push(code_ref, [site])
             store = center.store(site)  # the site's copies, whoever wrote them (push or pull)
             model_uri = store.manifest_url(ref)
             cfg = serving.site_user_config(serve_cfg, center.site(site))  # + the site's audit_rate
-            cfg = cfg.model_copy(update={"user_config": cfg.user_config.model_copy(update={"model_uri": model_uri})})
+            user = {"model_uri": model_uri, **(extra or {}).get("user", {})}
+            if shadow:
+                user["shadow_model_uri"] = store.manifest_url(shadow[0])
+                row["shadow"] = str(shadow[0])
+            cfg = cfg.model_copy(update={"user_config": cfg.user_config.model_copy(update=user)})
             gw = center.gateway(site)
             config = serving.serve_config(cfg, working_dir=store.object_url(code_entry),
                                           http_options=gw.serve_http_options(),
                                           env={**SITE_ENV, **serving.site_env(center, site)})
             say(f"deploying {model_id}")
             serving.deploy(gw.base_url("dashboard"), gw.headers("dashboard"), config, tls=gw.client_options())
-            _wait_serving(gw, cfg.app_name, model_id, model_uri, deadline=time.monotonic() + timeout_s)
+            served = _wait_serving(gw, cfg.app_name, model_id, model_uri, deadline=time.monotonic() + timeout_s,
+                                   config=cfg.user_config)
+            if shadow and (served.get("shadow") or {}).get("error"):
+                row["shadow_error"] = served["shadow"]["error"].get("detail")
+                say(f"shadow {shadow[1]} did not load: {row['shadow_error']}")
         except AdcpError as e:
             center.state.finish_deployment(did, error=str(e))
             raise
@@ -234,27 +290,34 @@ def _deploy_site(center: Center, site: str, ref: ArtifactRef, model_id: str, cod
     return row
 
 
-def _wait_serving(gw: SiteGateway, app_name: str, model_id: str, model_uri: str, *, deadline: float) -> None:
-    """Return once the app is RUNNING and its Serve endpoint (through the gateway, with the
-    gateway's headers) answers `model_id`; SiteError when the app failed, reported that it could
-    not load `model_uri`, or the deadline passed.
+def _wait_serving(gw: SiteGateway, app_name: str, model_id: str, model_uri: str, *, deadline: float,
+                  config: ServeUserConfig | None = None) -> dict[str, Any]:
+    """Return the app's `/v1/model` answer once the app is RUNNING and its Serve endpoint (through
+    the gateway, with the gateway's headers) answers `model_id` with `config` in effect (its
+    fingerprint, when the app reports one: thresholds and shadow included); SiteError when the app
+    failed, reported that it could not load `model_uri`, or the deadline passed.
 
     `serving.wait_serving` polls every 0.5 s and calls the Serve endpoint without the gateway's
     headers; rollouts are timed against a 2 s target and may go through an authenticating proxy."""
     dashboard, headers = gw.base_url("dashboard"), gw.headers("dashboard")
     last, next_status = "no answer yet", 0.0
+    want = config.fingerprint() if config is not None else None
     with gw.client("serve", timeout_s=5) as client:
         while True:
-            served = None
+            served, body = None, {}
             try:
                 r = client.get("/v1/model")
                 body = r.json() if r.status_code == 200 else {}
                 served = body.get("model_version")
+                stale = bool(want and body.get("config") not in (None, want))
+                if stale:
+                    served = None  # the model answers, but not yet with this configuration
                 failed = body.get("reconfigure_error") or {}
                 if failed.get("model_uri") == model_uri:
                     raise SiteError(f"The Serve app at {gw.site} could not load {model_uri}: {failed.get('detail')}",
                                     hint=f"It keeps serving {served}.")
-                last = (f"serving {served or 'no model'}" if r.status_code == 200
+                last = (f"serving {body.get('model_version')} with an older configuration" if stale
+                        else f"serving {served or 'no model'}" if r.status_code == 200
                         else f"/v1/model answered {r.status_code}")
             except (httpx.HTTPError, ValueError) as e:
                 last = f"{type(e).__name__}: {e}"
@@ -269,7 +332,7 @@ def _wait_serving(gw: SiteGateway, app_name: str, model_id: str, model_uri: str,
                 if state in ("DEPLOY_FAILED", "UNHEALTHY"):
                     raise SiteError(f"Serve app {app_name} at {gw.site} is {state}: {app.get('message', '')[:800]}")
                 if served == model_id and state == "RUNNING":
-                    return
+                    return body
                 last += f", app {state}"
             if now >= deadline:
                 raise SiteError(f"Site {gw.site} did not serve {model_id} in time ({last}).",
@@ -280,14 +343,17 @@ def _wait_serving(gw: SiteGateway, app_name: str, model_id: str, model_uri: str,
 # --- rollback ----------------------------------------------------------------------------------
 
 def rollback(center: Center, site: str, serve_cfg: ServeConfig | None = None, *, timeout_s: float = 240,
-             on_event: Event | None = None) -> dict[str, Any]:
+             on_event: Event | None = None, by: str | None = None, why: str | None = None) -> dict[str, Any]:
     """Redeploy the model `site` served before its current one; that site's row as `deploy` gives it.
+    Its line's aliases move back (champion <- previous, previous <- the rolled back version), the
+    move's why "rollback" (": `why`" when given).
 
     NotFoundError when the coordinator never rolled a model out there, or only one. A second
     rollback undoes the first (it returns to the model the rollback replaced)."""
     current = rollback_target(center, site)
     try:
-        return deploy(center, current["previous"], [site], serve_cfg, timeout_s=timeout_s, on_event=on_event)[0]
+        return deploy(center, current["previous"], [site], serve_cfg, timeout_s=timeout_s, on_event=on_event,
+                      by=by, why=f"rollback: {why}" if why else "rollback")[0]
     except SiteError as e:
         if e.details.get("results"):
             raise SiteError(f"Rollback of {site} to {current['previous']} failed: {e.details['results'][0]['error']}",

@@ -22,7 +22,7 @@ from configs.errors import AdcpError, InputError, JobError, SiteError
 from configs.loader import Defaults, validate
 from configs.models import TuneConfig
 from configs.protocol import TUNE_MODULE, entrypoint
-from configs.runs import TERMINAL, AttemptState, Job, JobSpec, JobState, Need, PlanRecord, RunRequest
+from configs.runs import TERMINAL, AttemptState, ExtraData, Job, JobSpec, JobState, Need, PlanRecord, RunRequest
 from coordinator.center import bundle
 from coordinator.center.core import Center
 from coordinator.jobs import follow
@@ -67,7 +67,8 @@ class Trainer:
         """Where `req` would run now and why (InputError/NotFoundError for a bad request,
         SiteError when no site fits)."""
         self.center.site(req.origin)  # NotFoundError naming the known sites
-        refs = [self._dataset(req), *self._annotations(req), self._code()] + ([init] if init else [])
+        refs = [self._dataset(req), *self._annotations(req), *self._init_model(req), *_extra_refs(self._extra(req)),
+                self._code()] + ([init] if init else [])
         return plan(self.center, req.origin, self.need(req), refs, on=req.on, exclude=exclude)
 
     def start(self, req: RunRequest) -> Job:
@@ -80,7 +81,10 @@ class Trainer:
             raise InputError(f"Model {name}@{version} already exists; published models never change.",
                              hint="Leave --model-version out for a new one.")
         annotations = [str(a) for a in self._annotations(req)]
-        spec = JobSpec(**{**req.model_dump(), "dataset": str(dataset), "annotations": (annotations or [None])[0]},
+        init_model = [str(m) for m in self._init_model(req)]
+        spec = JobSpec(**{**req.model_dump(), "dataset": str(dataset), "annotations": (annotations or [None])[0],
+                          "init_model": (init_model or [None])[0],
+                          "extra": [e.model_dump() for e in self._extra(req)]},
                        model=f"model/{name}@{version}",
                        checkpoints=_sanitise(f"{name}-{version}"))
         job = self._save(Job(id=uuid.uuid4().hex[:10], kind=req.kind, origin=req.origin, spec=spec, plan=first))
@@ -185,7 +189,8 @@ class Trainer:
         code = self._code()
         init = [ArtifactRef.parse(attempt.init_checkpoint)] if attempt.init_checkpoint else []
         annotations = [ArtifactRef.parse(job.spec.annotations)] if job.spec.annotations else []
-        for ref in [dataset, *annotations, code, *init]:
+        init_model = [ArtifactRef.parse(job.spec.init_model)] if job.spec.init_model else []
+        for ref in [dataset, *annotations, *init_model, *_extra_refs(job.spec.extra), code, *init]:
             self.center.push(ref, [site])
         client = self.center.job_client(site)
         if not follow.exists(client, attempt.submission_id):
@@ -221,9 +226,13 @@ class Trainer:
             cfg = self._tune_config(req, storage_path=f"{store.url}/tune/{model.name}", **common)
             return entrypoint(cfg, TUNE_MODULE)
         init = attempt.init_checkpoint
+        extra = job.spec.extra
         cfg = self.defaults.train_config(
             storage_path=f"{store.url}/checkpoints/{model.name}", checkpoint_name=job.spec.checkpoints,
             init_checkpoint=store.manifest_url(ArtifactRef.parse(init)) if init else None,
+            init_model=store.manifest_url(ArtifactRef.parse(job.spec.init_model)) if job.spec.init_model else None,
+            extra_dataset=[store.manifest_url(ArtifactRef.parse(e.dataset)) for e in extra] or None,
+            extra_annotations=[store.manifest_url(ArtifactRef.parse(e.annotations)) for e in extra] or None,
             **common, **req.train_options())
         return entrypoint(cfg)
 
@@ -289,9 +298,36 @@ class Trainer:
                              allowed="NAME[@VERSION] or annotations/NAME[@VERSION]")
         return [self.center.central.resolve(ref)]
 
+    def _init_model(self, req: RunRequest) -> list[ArtifactRef]:
+        """The model a run fine-tunes from, resolved to its version ([] for none)."""
+        if not req.init_model:
+            return []
+        ref = ArtifactRef.parse(req.init_model if "/" in req.init_model else f"model/{req.init_model}")
+        if ref.kind != "model":
+            raise InputError(f"Got {ref} for the model to start from.",
+                             allowed="NAME@VERSION or model/NAME@VERSION")
+        return [self.center.central.resolve(ref)]
+
+    def _extra(self, req: RunRequest) -> list[ExtraData]:
+        """The extra datasets and annotations of a run, each resolved to its version (as kind/NAME@V)."""
+        out = []
+        for e in req.extra:
+            refs = []
+            for kind, name in (("dataset", e.dataset), ("annotations", e.annotations)):
+                ref = ArtifactRef.parse(name if "/" in name else f"{kind}/{name}")
+                if ref.kind != kind:
+                    raise InputError(f"Got {ref} for extra {kind}.", allowed=f"NAME[@VERSION] or {kind}/NAME[@VERSION]")
+                refs.append(str(self.center.central.resolve(ref)))
+            out.append(ExtraData(dataset=refs[0], annotations=refs[1]))
+        return out
+
     def _code(self) -> ArtifactRef:
         """The code bundle of this checkout, published to the central store (once per content)."""
         return ArtifactRef("code", bundle.BUNDLE_NAME, bundle.publish(self.center.central).version)
+
+
+def _extra_refs(extra: list[ExtraData]) -> list[ArtifactRef]:
+    return [ArtifactRef.parse(name) for e in extra for name in (e.dataset, e.annotations)]
 
 
 def _sanitise(name: str) -> str:

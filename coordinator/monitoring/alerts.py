@@ -5,6 +5,9 @@ alert fires, and the alert resolves at the first evaluation where it no longer h
 monitoring sweep; `evaluate_quality` judges the quality_above rules on the per product and model
 version figures of a site's review stats after each quality read (`coordinator.monitoring.quality`).
 
+`event` raises an alert that fires at once, outside the rules (a release rolled back by itself):
+it stays active for `event_ttl_s`, then resolves.
+
 Alerts live in memory (the coordinator's lifetime): active ones, plus the last `keep_resolved`
 resolved ones for `GET /api/v1/alerts?all=true`.
 """
@@ -12,6 +15,7 @@ resolved ones for `GET /api/v1/alerts?all=true`.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,6 +40,7 @@ class _Alert:
     resolved_at: float | None = None
     value: float | None = None
     detail: str = ""  # quality_above: which product and model version, and the counts
+    text: str = ""  # an event's own message
 
     @property
     def id(self) -> str:
@@ -43,6 +48,8 @@ class _Alert:
 
     def message(self) -> str:
         r = self.rule
+        if self.text:
+            return self.text
         if r.kind == "site_unreachable":
             return f"{self.site} unreachable for {r.for_s:g} s or more"
         if r.kind == "quality_above":
@@ -59,11 +66,31 @@ class _Alert:
 class AlertEngine:
     """The state of every (rule, site) pair."""
 
-    def __init__(self, rules: list[AlertRule], keep_resolved: int = 200) -> None:
+    def __init__(self, rules: list[AlertRule], keep_resolved: int = 200, event_ttl_s: float = 3600.0) -> None:
         self.rules = list(rules)
+        self.event_ttl_s = event_ttl_s
         self._lock = threading.Lock()
         self._open: dict[tuple[str, str], _Alert] = {}  # pending or firing
         self._resolved: deque[_Alert] = deque(maxlen=keep_resolved)
+        self._events: list[_Alert] = []  # raised by `event`, firing until event_ttl_s has passed
+
+    def event(self, name: str, site: str, message: str, *, severity: str = "critical", value: float | None = None,
+              description: str = "", now: float | None = None) -> dict[str, Any]:
+        """Raise an alert that fires now (kind `event`, rule `name`) with `message`; it resolves after
+        `event_ttl_s`. Returns it as `active()` lists it."""
+        now = time.time() if now is None else now
+        rule = AlertRule.model_construct(name=name, kind="event", metric=None, threshold=None, min_count=0,
+                                         for_s=0.0, severity=severity, description=description)
+        alert = _Alert(rule, site, pending_since=now, fired_at=now, value=value, text=message)
+        with self._lock:
+            self._events.append(alert)
+        return alert.to_dict()
+
+    def _expire_events(self, now: float) -> None:
+        for alert in [a for a in self._events if now - a.pending_since >= self.event_ttl_s]:
+            self._events.remove(alert)
+            alert.resolved_at = alert.pending_since + self.event_ttl_s
+            self._resolved.append(alert)
 
     def evaluate(self, site: str, now: float, reachable: bool, figures: Mapping[str, float]) -> None:
         """Update every rule but the quality_above ones for one site after a read at `now`."""
@@ -118,7 +145,9 @@ class AlertEngine:
         """Firing alerts, most severe first, then oldest first."""
         order = {"critical": 0, "warning": 1, "info": 2}
         with self._lock:
-            firing = [a for a in self._open.values() if a.fired_at is not None and (site is None or a.site == site)]
+            self._expire_events(time.time())
+            firing = [a for a in [*self._open.values(), *self._events]
+                      if a.fired_at is not None and (site is None or a.site == site)]
             firing.sort(key=lambda a: (order[a.rule.severity], a.pending_since, a.site))
             return [a.to_dict() for a in firing]
 

@@ -29,6 +29,7 @@ from configs.platform import SiteConfig
 from coordinator.center.core import Center
 from coordinator.monitoring.alerts import AlertEngine, iso
 from coordinator.monitoring.collect import Reading, SiteReader, check_lines, job_logs, replica_logs, warm_tls
+from coordinator.monitoring.metrics_parse import Snapshot
 from coordinator.monitoring.metrics_parse import figures as compute_figures
 from coordinator.monitoring.quality import QualityCollector
 from coordinator.state.history import History, bucket_means
@@ -261,6 +262,12 @@ class Monitor:
             "source": r.source if r else None,
             "dashboard_url": v.dashboard_url,
         }
+
+    def snapshot(self, name: str) -> Snapshot | None:
+        """The site's last successful read (cumulative ADC counters, latency histogram, its time), or None."""
+        with self._lock:
+            view = self._views.get(name)
+            return view.reading.snap if view is not None and view.reading is not None else None
 
     def series(self, site: str, names: list[str] | None = None, since: float | None = None,
                step: float | None = None) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from coordinator.dashboard.routes import add_dashboard_routes
 from coordinator.process import read_token, running
 from coordinator.state.db import State
 from tests.dashboard_fakes import FakeMonitor
+from tests.line_fakes import dashboard_center
 from tests.platform_fixtures import run_cli, running_platform
 from tests.waiting import wait_for
 
@@ -136,7 +137,7 @@ def fake_coordinator(tmp_path_factory):
     state = State(tmp_path_factory.mktemp("fake-center") / "coordinator.db")
     app = FastAPI()
     install_door(app, "t", state)
-    add_dashboard_routes(app, SimpleNamespace(state=state, site=lambda name: name))
+    add_dashboard_routes(app, dashboard_center(state))
     app.state.monitor = FakeMonitor(n=100)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -218,7 +219,10 @@ def quality_coordinator(tmp_path_factory):
         state = State(tmp_path_factory.mktemp("quality-center") / "coordinator.db")
         app = FastAPI()
         install_door(app, "t", state)
-        add_dashboard_routes(app, SimpleNamespace(state=state, site=lambda name: name))
+        center = dashboard_center(state)
+        center.lines.promote("adc", "fab-a", "1", by="eng", why="deploy")
+        center.lines.set_alias("adc", "fab-a", "challenger", "2", by="eng", why="retrain")
+        add_dashboard_routes(app, center)
         app.state.monitor = FakeMonitor(["fab-a", "fab-b"], quality=quality)
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
@@ -270,7 +274,11 @@ def test_quality_tile_and_detail_show_the_sites_figures(quality_coordinator, bro
         playwright_api.expect(tile.locator("h2")).to_have_text("北京一厂")
         playwright_api.expect(screen.page.locator('.tile[data-site="fab-b"] h2')).to_have_text("合肥二厂")
         playwright_api.expect(screen.page.locator('[data-metric="fab-b:q_escape_rate"]')).to_have_text("– (0/0)")
-        for box in (tile, tile.locator(".quality")):  # the block fits its tile, the tile the screen
+        # the model line at fab-a: champion 1, challenger 2 (no release: no stage); none at fab-b
+        playwright_api.expect(tile.locator('[data-metric="fab-a:line:adc:champion"]')).to_have_text("★ 1")
+        playwright_api.expect(tile.locator('[data-metric="fab-a:line:adc:challenger"]')).to_have_text("→ 2")
+        assert screen.page.locator('.tile[data-site="fab-b"] .lines .lrow').count() == 0
+        for box in (tile, tile.locator(".quality"), tile.locator(".lines")):  # each fits its tile, the tile the screen
             b = box.bounding_box()
             assert b["x"] >= 0 and b["x"] + b["width"] <= viewport["width"], (box, b)
         assert screen.page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")

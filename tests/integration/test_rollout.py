@@ -119,7 +119,7 @@ def test_swap_under_load_at_both_sites_drops_nothing(platform, capsys):
 
 def test_rollback_one_site_and_list(platform, capsys):
     center = platform
-    code, out, err = _cli(capsys, "model", "rollback", "--site", "fab-a", "--json")
+    code, out, err = _cli(capsys, "model", "rollback", "--site", "fab-a", "--why", "escapes at fab-a", "--json")
     assert code == 0, err
     row = json.loads(out)
     assert row["site"] == "fab-a" and row["model"] == "model/adc@1" and row["previous"] == "model/adc@2"
@@ -131,6 +131,23 @@ def test_rollback_one_site_and_list(platform, capsys):
     assert serving == {"model/adc@1": ["fab-a"], "model/adc@2": ["fab-b"]}
     code, out, err = _cli(capsys, "model", "list")
     assert code == 0 and any("model/adc@1" in line and "fab-a" in line for line in out.splitlines()), out
+
+    # the line's aliases moved with the rollouts: champion per site, previous where a rollback returns
+    code, out, err = _cli(capsys, "model", "list", "--json")
+    assert {r["ref"]: r["aliases"] for r in json.loads(out)} == {
+        "model/adc@1": {"fab-a": ["champion"], "fab-b": ["previous"]},
+        "model/adc@2": {"fab-a": ["previous"], "fab-b": ["champion"]}}
+    code, out, err = _cli(capsys, "model", "history", "adc", "--site", "fab-a", "--json")
+    assert code == 0, err
+    history = json.loads(out)
+    assert history["aliases"] == {"fab-a": {"champion": "1", "previous": "2"}}
+    moves = [(m["alias"], m["from_version"], m["to_version"], m["by"], m["why"]) for m in history["moves"]]
+    assert moves == [("champion", "2", "1", "admin", "rollback: escapes at fab-a"),
+                     ("previous", "1", "2", "admin", "rollback: escapes at fab-a"),
+                     ("champion", "1", "2", "admin", "deploy"), ("previous", None, "1", "admin", "deploy"),
+                     ("champion", None, "1", "admin", "deploy")]
+    code, out, err = _cli(capsys, "model", "history", "adc")
+    assert code == 0 and "rollback" in out and "champion" in out and "previous" in out, out  # (80 columns: cells fold)
 
 
 def test_errors_are_one_line_and_recorded_nowhere(platform, capsys):

@@ -24,6 +24,7 @@ from coordinator.state.dashboard_sessions import SESSION_TTL_S
 from coordinator.state.db import State
 from coordinator.state.jobs import JobRecords
 from tests.dashboard_fakes import FakeMonitor
+from tests.line_fakes import dashboard_center
 
 TOKEN = "api-token-for-tests"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -45,7 +46,7 @@ def _center(db: Path) -> SimpleNamespace:
             raise NotFoundError(f"No site {name}.")
         return name
 
-    return SimpleNamespace(state=state, site=site)
+    return dashboard_center(state, site)
 
 
 @pytest.fixture
@@ -257,7 +258,8 @@ def test_jobs_route_lists_jobs_for_or_at_the_site(env):
 @pytest.mark.parametrize("path, media", [("vendor/uPlot.iife.min.js", "text/javascript"),
                                          ("vendor/uPlot.min.css", "text/css"),
                                          ("static/app.js", "text/javascript"), ("static/app.css", "text/css"),
-                                         ("static/quality.js", "text/javascript")])
+                                         ("static/quality.js", "text/javascript"),
+                                         ("static/lines.js", "text/javascript")])
 def test_page_files_are_served_by_the_coordinator(env, path, media):
     r = env.client.get(f"/dashboard/{path}")
     assert r.status_code == 200, r.text
@@ -274,7 +276,7 @@ def test_nothing_else_is_served_from_disk(env, path):
 
 
 def test_page_loads_nothing_from_other_hosts():
-    for name in ("index.html", "app.js", "quality.js", "app.css"):
+    for name in ("index.html", "app.js", "quality.js", "lines.js", "app.css"):
         text = (STATIC / name).read_text()
         assert not re.search(r"""(src|href)\s*=\s*["'](https?:)?//""", text), name
         assert "cdn" not in text.lower(), name
@@ -283,6 +285,7 @@ def test_page_loads_nothing_from_other_hosts():
 def test_every_element_the_script_looks_up_is_in_the_page():
     ids = set(re.findall(r'\$\("([\w-]+)"\)', (STATIC / "app.js").read_text()))
     assert '<script src="/dashboard/static/quality.js" defer></script>' in (STATIC / "index.html").read_text()
+    assert '<script src="/dashboard/static/lines.js" defer></script>' in (STATIC / "index.html").read_text()
     page = (STATIC / "index.html").read_text()
     assert ids, "the script looks up no elements?"
     missing = sorted(i for i in ids if f'id="{i}"' not in page)

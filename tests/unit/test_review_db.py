@@ -284,6 +284,75 @@ class ReviewDBContract:
         with pytest.raises(InputError):
             db.items(state="lost")
 
+    # ---- priority and shadow results (issue 13) ------------------------------------------
+    def test_claims_take_higher_priority_first_then_oldest(self, db):
+        db.record([make_item(i) for i in range(4)])
+        urgent = [make_item(i, why="shadow_disagree") for i in (10, 11)]
+        for it in urgent:
+            it.priority = 1
+        db.record(urgent)
+        _, _, items = db.claim("alice", 3, lease_s=60, now=T0)
+        assert ids(items) == [f"{i:032x}" for i in (10, 11, 0)]
+        assert [it["priority"] for it in items] == [1, 1, 0] and items[0]["why"] == "shadow_disagree"
+
+    def test_a_priority_item_of_a_waiting_image_raises_that_item(self, db):
+        db.record([make_item(1)])
+        again = make_item(2, why="shadow_disagree")
+        again.image_sha256, again.priority = f"{1:064x}", 1
+        db.record([make_item(0), again])
+        queued = db.items(state="queued", now=T0)
+        assert sorted(ids(queued)) == [f"{i:032x}" for i in (0, 1)]  # no second item for image 1
+        assert ids(db.claim("alice", 1, lease_s=60, now=T0)[2]) == [f"{1:032x}"]
+
+    def test_shadow_stats_against_verdicts(self, db):
+        from serve_apps.review_shadow import ShadowResult
+
+        def pair(i: int, champ: tuple[str, str], chall: tuple[str, str], challenger: str = "adc@2"):
+            return ShadowResult(id=f"s{i}", image_sha256=f"{i:064x}", site="fab-a", product="p1",
+                                champion_version="adc@1", champion_class=champ[0], champion_decision=champ[1],
+                                challenger_version=challenger, challenger_class=chall[0],
+                                challenger_decision=chall[1], at=T0 + timedelta(seconds=i))
+
+        defect, false = ("scratch", "defect"), ("particle", "false_defect")
+        db.record([], None, [pair(0, defect, defect), pair(1, false, defect), pair(2, defect, false),
+                             pair(3, ("scratch", "review"), defect), pair(4, defect, defect),
+                             pair(5, defect, false, challenger="adc@3")])
+        db.record([make_item(i) for i in (0, 1, 2, 4, 5)])
+        _, _, items = db.claim("alice", 10, lease_s=60, now=T0)
+        labels = {f"{0:032x}": "scratch", f"{1:032x}": "scratch", f"{2:032x}": "false_defect",
+                  f"{4:032x}": "unsure", f"{5:032x}": "scratch"}
+        for it in items:
+            db.verdict(it["id"], "alice", "reviewer", labels[it["id"]], now=T0)
+        stats = db.shadow_stats("adc@2")
+        assert stats == {
+            "challenger": "adc@2", "champion": "adc@1", "shadowed": 5, "agreement": 0.4, "with_verdicts": 3,
+            "challenger_figures": {"escapes": 0, "audited_false_defect": 1, "overkill": 0, "audited_defect": 2,
+                                   "escape_rate": 0.0, "overkill_rate": 0.0},
+            "champion_figures": {"escapes": 1, "audited_false_defect": 1, "overkill": 1, "audited_defect": 2,
+                                 "escape_rate": 1.0, "overkill_rate": 0.5}}
+        assert db.shadow_stats("adc@9") == {
+            "challenger": "adc@9", "champion": None, "shadowed": 0, "agreement": None, "with_verdicts": 0,
+            "challenger_figures": {"escapes": 0, "audited_false_defect": 0, "overkill": 0, "audited_defect": 0,
+                                   "escape_rate": None, "overkill_rate": None},
+            "champion_figures": {"escapes": 0, "audited_false_defect": 0, "overkill": 0, "audited_defect": 0,
+                                 "escape_rate": None, "overkill_rate": None}}
+        assert [r["id"] for r in db.shadow_results("adc@2", limit=2)] == ["s4", "s3"]
+
+    def test_a_schema_1_database_is_upgraded(self, db):
+        db.record([make_item(0)])
+        with db._engine.begin() as c:  # what issue 12's code created
+            c.exec_driver_sql("ALTER TABLE review_items DROP COLUMN priority")
+            c.exec_driver_sql("DROP TABLE shadow_results")
+        db.set_state("schema_version", "1")
+        again = ReviewDB(db.url)
+        try:
+            assert again.get_state("schema_version") == "2"
+            assert again.claim("alice", 1, lease_s=60, now=T0)[2][0]["priority"] == 0
+            assert again.shadow_stats("adc@2")["shadowed"] == 0
+            ReviewDB(db.url).close()  # opening an upgraded DB again changes nothing
+        finally:
+            again.close()
+
 
 class TestSQLite(ReviewDBContract):
     @pytest.fixture

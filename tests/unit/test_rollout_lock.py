@@ -81,7 +81,7 @@ def test_a_rollout_as_a_task_answers_202_and_its_result_is_the_rows(center, monk
     monkeypatch.setattr(center.central, "resolve", lambda ref: ref)
     seen = []
 
-    def deploy(center_, ref, sites, serve_cfg=None, *, timeout_s, on_event=None):
+    def deploy(center_, ref, sites, serve_cfg=None, *, timeout_s, on_event=None, by=None, why=None):
         on_event(sites[0], "deploying")
         seen.append((str(ref), sites))
         return [{"site": sites[0], "model": str(ref), "previous": None, "seconds": 1.5, "status": "serving",
