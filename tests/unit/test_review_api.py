@@ -407,4 +407,4 @@ def test_the_serve_app_builds_from_its_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("ADCP_REVIEW_LEASE_S", "90")
     serve.run(ReviewDeployment.bind(), _local_testing_mode=True)  # the replica reads the env, opens the DB
     assert (tmp_path / "review.db").is_file()
-    assert ReviewDeployment.ray_actor_options["num_cpus"] == 0.1
+    assert ReviewDeployment.ray_actor_options["num_cpus"] == 0  # never a training worker's CPU
